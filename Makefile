@@ -1,0 +1,43 @@
+# slmscale — two commands do everything: `make demo` and `make test`.
+# Both create .venv on first use and are idempotent.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The torch build pip installs first. The default is the CPU wheel this project is developed with;
+# on a GPU cluster use your own, e.g.  make install TORCH_SPEC="torch==2.5.1"  (or a preinstalled env).
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.slmscale-installed
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: install test test-all demo bench clean help
+
+help:
+	@echo "make demo      run the whole pipeline end to end on the embedded default (writes demo_out/)"
+	@echo "make test      run the test suite (fast + default layers; 'make test-all' adds slow tests)"
+	@echo "make bench     run the benchmarks in benchmarks/ (prints side-by-side ratios)"
+	@echo "make install   create $(VENV) and install slmscale with its dev extras"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/slmscale demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

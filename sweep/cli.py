@@ -20,7 +20,8 @@ REGISTRARS = (
     "tokenization.cli",  # slmscale tokenize ...
     "models.cli",  # slmscale models, slmscale train
     "models.evaluation.cli",  # slmscale eval
-    "sweep.commands",  # slmscale sweep ..., slmscale demo
+    "sweep.commands",  # slmscale sweep ...
+    "sweep.demo",  # slmscale demo
     "analysis.cli",  # slmscale fit, optimal, downstream, report
 )
 

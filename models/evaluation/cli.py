@@ -1,7 +1,77 @@
-"""Subcommands of this stage (filled in by the stage's issue). See sweep/cli.py for the contract:
-`register(subparsers, formatter_class)` adds parsers whose `handler` is set with `set_defaults(handler=fn)`;
-`fn(args) -> int | None` imports heavy modules lazily and raises analysis.io.SlmscaleError on bad input."""
+"""`slmscale eval`: score a trained model on sBLIMP / StoryCloze folders or the embedded synthetic benchmark."""
+from __future__ import annotations
+
+import argparse
+
+EVAL_DESCRIPTION = """\
+Score a trained model (a training RUN_DIR) on spoken two-choice benchmarks.
+
+Benchmarks (--benchmark, repeatable):
+  DIR                  ZeroSpeech 2021 sLM21 syntactic split (gold.csv + <filename>.wav; the dataset root with
+                       syntactic/dev/ also works) -> sblimp_macro, sblimp_pair
+                       spoken StoryCloze release folder (<question>_correct.wav / <question>_incorrect.wav)
+                       -> ssc, or tsc when the folder is named tSC / tStoryCloze (or with --task tsc)
+  embedded:sblimp      synthetic minimal pairs (5 phenomena, 2 voices), generated offline on first use
+  embedded:storycloze  synthetic two-ending stories, generated offline on first use
+
+The benchmark audio is encoded with the model's own tokenizer (the one whose hash is in RUN_DIR/run.json) and
+the units are cached under --cache-dir; a unit dataset from another tokenizer is refused.
+Score: mean NLL per unit of each candidate (--score sum for the total), no terminal EOS; the lower NLL wins and
+ties count 0.5. sBLIMP macro accuracy = mean over phenomena.
+
+Outputs: RUN_DIR/eval/<benchmark>.json (metrics, per-phenomenon details, convention, provenance); the metric
+columns are merged into RUN_DIR/results.parquet when it exists and into --results FILE (row with this run_id).
+
+Examples:
+  slmscale eval --model runs/tiny-1M --benchmark embedded:sblimp --benchmark embedded:storycloze
+  slmscale eval --model runs/85M --benchmark data/zr2021/syntactic/dev --results results.parquet --json
+"""
 
 
 def register(sub, formatter_class) -> None:
-    return None
+    p = sub.add_parser("eval", help="score a trained model on sBLIMP / StoryCloze (or the embedded benchmark)",
+                       description=EVAL_DESCRIPTION, formatter_class=formatter_class)
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help="training run directory (run.json + model/ or checkpoints/)")
+    p.add_argument("--benchmark", required=True, action="append", metavar="DIR|embedded:NAME",
+                   help="benchmark folder in a released layout, or embedded:sblimp / embedded:storycloze; repeatable")
+    p.add_argument("--task", choices=["sblimp", "ssc", "tsc"], default=None,
+                   help="override the benchmark kind guessed from the folder (e.g. tsc for a topic StoryCloze folder)")
+    p.add_argument("--score", choices=["mean", "sum"], default="mean",
+                   help="candidate score: mean NLL per unit (paper) or summed NLL")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    p.add_argument("--units", default=None, metavar="UNITS_DIR",
+                   help="an already-encoded unit dataset of the benchmark (its tokenizer hash must match the model's); "
+                        "default: encode with the model's tokenizer and cache")
+    p.add_argument("--cache-dir", default=None,
+                   help="where encoded benchmark units and the embedded benchmark are kept "
+                        "(default: $SLMSCALE_CACHE/eval or ~/.cache/slmscale/eval)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--results", default=None, metavar="FILE",
+                   help="results table (.parquet/.csv) whose row with this run's run_id gets the metric columns")
+    p.add_argument("--json", action="store_true", help="print the full result JSON instead of a summary line")
+    p.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis.io import SlmscaleError
+
+    from .evaluator import evaluate, merge_into_results
+
+    if args.units and len(args.benchmark) > 1:
+        raise SlmscaleError("--units: give one --benchmark with it (the unit dataset belongs to one benchmark)")
+    results = []
+    for bench in args.benchmark:
+        result = evaluate(args.model, bench, cache_dir=args.cache_dir, score=args.score, batch_size=args.batch_size,
+                          units_dir=args.units, task=args.task, device=args.device, progress=not args.json)
+        if args.results:
+            merge_into_results(args.results, result["provenance"]["run_id"], result["metrics"])
+        results.append(result)
+        if not args.json:
+            metrics = "  ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items())
+            n = result["details"].get("n_voice_pairs") or result["details"].get("n_questions")
+            print(f"{result['provenance']['run_id']}  {bench}  {metrics}  ({n} questions, score={args.score})")
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2, sort_keys=True, default=str))
+    return 0

@@ -1,0 +1,141 @@
+"""Benchmark audio -> units, through the same tokenizer as the model's training units, cached by tokenizer hash.
+
+Scores are only meaningful when the benchmark is tokenized exactly like the training corpus (same features,
+layer and k-means codebook), so the unit dataset used for scoring must carry the tokenizer hash recorded in the
+model's run.json; anything else is refused. Encoding reuses `tokenization.encode` (Ray Data), and its output is
+kept under
+
+    CACHE/units/<task>-<benchmark fingerprint[:16]>/<tokenizer hash[:16]>/   (a unit dataset, contract §2)
+
+so evaluating another checkpoint trained on the same units does not re-encode the benchmark.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from analysis.io import SlmscaleError, atomic_write_json
+
+from .benchmarks import Benchmark
+
+__all__ = ["default_cache_dir", "tokenizer_spec", "check_units_match", "read_candidate_units", "encode_benchmark"]
+
+
+def default_cache_dir() -> Path:
+    """$SLMSCALE_CACHE/eval, else ~/.cache/slmscale/eval."""
+    base = os.environ.get("SLMSCALE_CACHE") or Path.home() / ".cache" / "slmscale"
+    return Path(base) / "eval"
+
+
+def tokenizer_spec(run_info: dict[str, Any]) -> dict[str, Any]:
+    """The tokenizer the model was trained with: the training unit dataset's meta.json `tokenizer` block (kind,
+    hash, layer, k-means codebook, ...), falling back to run.json's `tokenizer` / `tokenizer_hash`."""
+    from tokenization.schema import read_meta
+
+    spec: dict[str, Any] = {}
+    units_dir = run_info.get("units_dir")
+    if units_dir and (Path(units_dir) / "meta.json").is_file():
+        spec = dict(read_meta(units_dir).tokenizer)
+    spec.setdefault("id", run_info.get("tokenizer"))
+    expected = run_info.get("tokenizer_hash")
+    if not expected:
+        raise SlmscaleError("run.json: field 'tokenizer_hash' is missing; cannot check the benchmark's tokenization")
+    if spec.get("hash") and spec["hash"] != expected:
+        raise SlmscaleError(
+            f"{units_dir}/meta.json: tokenizer hash {spec['hash']} differs from run.json tokenizer_hash {expected}; "
+            "the run directory and its unit dataset disagree"
+        )
+    spec["hash"] = expected
+    return spec
+
+
+def check_units_match(units_dir: str | Path, run_info: dict[str, Any]) -> None:
+    """Refuse a unit dataset whose tokenizer is not the model's (meta.json tokenizer.hash vs run.json)."""
+    from tokenization.schema import read_meta
+
+    meta = read_meta(units_dir)
+    expected = run_info.get("tokenizer_hash")
+    if meta.tokenizer_hash != expected:
+        raise SlmscaleError(
+            f"{units_dir}/meta.json: benchmark units were made with tokenizer hash {meta.tokenizer_hash} "
+            f"({meta.tokenizer.get('kind')}), but the model was trained on units of tokenizer hash {expected} "
+            f"({run_info.get('tokenizer')}); scores across tokenizers are meaningless — encode the benchmark with "
+            "the model's tokenizer (omit --units to let eval do it)"
+        )
+    vocab = run_info.get("units_vocab_size")
+    if vocab is not None and meta.vocab_size != int(vocab):
+        raise SlmscaleError(f"{units_dir}/meta.json: vocab_size {meta.vocab_size}, expected the model's {vocab}")
+
+
+def read_candidate_units(units_dir: str | Path, bench: Benchmark) -> list[list[int]]:
+    """Unit sequences of the benchmark's candidates, in candidate order; missing utterances are named."""
+    import pyarrow.parquet as pq
+
+    from tokenization.schema import read_units_table
+
+    table = read_units_table(units_dir, columns=("utt_id", "units"))
+    by_id = dict(zip(table.column("utt_id").to_pylist(), table.column("units").to_pylist()))
+    missing = [c.utt_id for c in bench.candidates if c.utt_id not in by_id]
+    if missing:
+        reasons = ""
+        rejects = Path(units_dir) / "rejects.parquet"
+        if rejects.is_file():
+            rows = pq.read_table(rejects).to_pylist()
+            if rows:
+                reasons = f"; encoder rejects: {[(r['source'], r['reason']) for r in rows[:3]]}"
+        raise SlmscaleError(
+            f"{units_dir}: {len(missing)} of the benchmark's {len(bench.candidates)} utterances have no units, "
+            f"e.g. {missing[:3]} (expected one row per candidate, utt_id = file name without extension){reasons}"
+        )
+    return [by_id[c.utt_id] for c in bench.candidates]
+
+
+def encode_benchmark(bench: Benchmark, run_info: dict[str, Any], cache_dir: str | Path | None = None,
+                     progress: bool = True) -> Path:
+    """Encode the benchmark's audio with the model's tokenizer (cached); returns the unit dataset folder."""
+    from tokenization.manifest import manifest_rows_for_files, write_manifest
+
+    spec = tokenizer_spec(run_info)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = cache / "units" / f"{bench.task}-{bench.fingerprint()[:16]}" / spec["hash"][:16]
+    if (out / "meta.json").is_file():
+        check_units_match(out, run_info)
+        return out
+    try:
+        from tokenization.encode import encode
+    except ImportError as exc:
+        raise SlmscaleError(f"encoding benchmark audio needs tokenization.encode, which is not available: {exc}") from None
+    work = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    entries = [{"path": c.path, "utt_id": c.utt_id, "transcript": c.text or None, "speaker": c.voice or None}
+               for c in bench.candidates]
+    rows, rejects = manifest_rows_for_files(entries, source=f"eval-{bench.task}", progress=progress)
+    if rejects:
+        raise SlmscaleError(f"{bench.root}: {len(rejects)} benchmark file(s) unreadable, first: {rejects[0]}")
+    manifest = write_manifest(rows, work / "manifest.parquet")
+    encode(manifest, **_encode_kwargs(spec), out_dir=work / "units")
+    check_units_match(work / "units", run_info)  # the hash the encoder produced must be the model's
+    atomic_write_json(work / "units" / "benchmark.json", {"task": bench.task, "name": bench.name,
+                                                          "root": str(bench.root), "fingerprint": bench.fingerprint()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(work / "units", out)  # the cache entry appears complete or not at all
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _encode_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
+    """Map a tokenizer spec (meta.json `tokenizer` block) onto `tokenization.encode` arguments."""
+    kind = spec.get("kind") or spec.get("id")
+    tokenizer = spec.get("id") or kind
+    if kind == "hubert" and spec.get("model") and not str(tokenizer).startswith("hubert:"):
+        tokenizer = f"hubert:{spec['model']}"
+    kwargs: dict[str, Any] = {"tokenizer": tokenizer}
+    if spec.get("layer") is not None:
+        kwargs["layer"] = spec["layer"]
+    if spec.get("kmeans"):
+        kwargs["kmeans"] = spec["kmeans"]
+    return kwargs

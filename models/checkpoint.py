@@ -1,0 +1,200 @@
+"""Training checkpoints and trained-model loading.
+
+    RUN_DIR/checkpoints/step-NNNNNNN/
+      model/               save_pretrained (config.json + model.safetensors): loadable by any HF user
+      optimizer.pt         AdamW state      (torch.save of tensors only; loaded with weights_only=True)
+      scheduler.pt         LambdaLR state   (idem)
+      rng.pt               torch CPU / CUDA RNG states (idem)
+      trainer_state.json   data position (updates done, sequences and tokens read), numpy/python RNG,
+                           model identity (size, n_params, vocab, context) checked on resume
+
+A checkpoint is written into a hidden temporary directory and renamed into place, so a `step-*` directory
+is always complete; a crash mid-write leaves only a `.tmp-*` directory, removed on the next start.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.io import SlmscaleError, atomic_write_json, read_json
+
+__all__ = [
+    "checkpoint_dir",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "write_checkpoint",
+    "read_checkpoint",
+    "check_identity",
+    "clean_stale_tmp",
+    "prune_checkpoints",
+    "load_model",
+]
+
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+IDENTITY_KEYS = ("model", "n_params", "vocab_size", "context")
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:07d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def clean_stale_tmp(run_dir: str | Path) -> None:
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    for p in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _rng_state_json() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def _restore_rng_json(state: dict[str, Any]) -> None:
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def write_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    unwrapped_model,
+    model_state: dict,
+    optimizer_state: dict,
+    scheduler_state: dict,
+    trainer_state: dict[str, Any],
+) -> Path:
+    """Write one checkpoint atomically (temp dir + rename). Call on one rank only."""
+    import torch
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the training bar
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    unwrapped_model.save_pretrained(tmp / "model", state_dict=model_state, safe_serialization=True)
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(scheduler_state, tmp / "scheduler.pt")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    atomic_write_json(tmp / TRAINER_STATE, {**trainer_state, "rng": _rng_state_json()})
+    if final.exists():  # a previous attempt got this far: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def check_identity(ckpt: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """Read a checkpoint's trainer_state and refuse one made for another model (size, vocab, context)."""
+    state = read_json(ckpt / TRAINER_STATE, what="checkpoint state")
+    wrong = {k: (state.get(k), expected[k]) for k in IDENTITY_KEYS if k in expected and state.get(k) != expected[k]}
+    if wrong:
+        detail = ", ".join(f"{k}={have!r} (this run: {want!r})" for k, (have, want) in wrong.items())
+        raise SlmscaleError(f"{ckpt}: checkpoint belongs to another model: {detail}; expected a checkpoint of this run")
+    return state
+
+
+def read_checkpoint(ckpt: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """Load a checkpoint's tensors and state (no unpickling: weights_only=True) after checking its identity.
+
+    Returns {"trainer_state", "model_state", "optimizer_state", "scheduler_state", "rng"}; the caller puts them
+    into its (possibly distributed) model and optimizer, then calls `restore_rng`."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = check_identity(ckpt, expected)
+    files = sorted((ckpt / "model").glob("*.safetensors"))
+    if not files:
+        raise SlmscaleError(f"{ckpt}: no model safetensors in checkpoint")
+    model_state: dict = {}
+    for f in files:
+        model_state.update(load_file(f))
+    return {
+        "trainer_state": state,
+        "model_state": model_state,
+        "optimizer_state": torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"),
+        "scheduler_state": torch.load(ckpt / "scheduler.pt", weights_only=True),
+        "rng": torch.load(ckpt / "rng.pt", weights_only=True),
+    }
+
+
+def restore_rng(loaded: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(loaded["rng"]["cpu"])
+    if "cuda" in loaded["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(loaded["rng"]["cuda"])
+    _restore_rng_json(loaded["trainer_state"]["rng"])
+
+
+def load_model_state(model, model_state: dict, where: Path) -> None:
+    """Load a (tied-embedding) state dict into a plain LlamaForCausalLM, refusing shape mismatches."""
+    own = model.state_dict()
+    for k, v in model_state.items():
+        if k in own and own[k].shape != v.shape:
+            raise SlmscaleError(
+                f"{where}: tensor {k} has shape {tuple(v.shape)}, this model expects {tuple(own[k].shape)} "
+                f"(checkpoint of another model size)"
+            )
+    missing, unexpected = model.load_state_dict(model_state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to embed_tokens, saved once
+    if missing or unexpected:
+        raise SlmscaleError(f"{where}: checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def load_model(run_dir: str | Path, device: str = "cpu"):
+    """`(LlamaForCausalLM, run_info)` of a training run: the final model, or the newest checkpoint if the
+    run has not finished. `run_info` is run.json plus `model_dir`, `step` and `finished`."""
+    from transformers import LlamaForCausalLM
+
+    run_dir = Path(run_dir)
+    info = read_json(run_dir / "run.json", what="run provenance (run.json)")
+    final = run_dir / "model"
+    if (final / "config.json").is_file():
+        model_dir, step, finished = final, info.get("total_steps"), True
+    else:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise SlmscaleError(f"{run_dir}: no trained model (model/) and no checkpoint in checkpoints/")
+        model_dir, finished = ckpt / "model", False
+        step = json.loads((ckpt / TRAINER_STATE).read_text())["step"]
+    model = LlamaForCausalLM.from_pretrained(model_dir).to(device)
+    model.eval()
+    return model, {**info, "model_dir": str(model_dir), "step": step, "finished": finished}

@@ -1,0 +1,171 @@
+"""Training data from a unit dataset: split by utterance-id hash, pack into sequences, sample deterministically.
+
+The whole data order is a pure function of (dataset, seed, sequence index): update `s` of a run reads global
+sequences `[s * B, (s + 1) * B)`, and global sequence `g` is sequence `perm_e[g mod n]` of the packed
+training stream, with `e = g div n` the epoch and `perm_e` a permutation seeded by (seed, e). The data position
+saved in a checkpoint is therefore just the number of updates done, and resuming reads exactly what an
+uninterrupted run would have read.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from analysis.io import SlmscaleError
+from tokenization.schema import read_meta, read_units_table
+
+__all__ = ["split_of", "UnitStreams", "load_unit_streams", "SequenceSampler", "eval_sequences"]
+
+SPLITS = ("train", "val", "test")
+
+
+def split_of(utt_id: str, val_fraction: float, test_fraction: float) -> str:
+    """'test' / 'val' / 'train' from a hash of the utterance id alone: stable across runs, shards and
+    dataset growth (an utterance never moves between splits when more data is added)."""
+    h = int.from_bytes(hashlib.sha256(utt_id.encode()).digest()[:8], "big") / 2.0**64
+    if h < test_fraction:
+        return "test"
+    if h < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+@dataclass
+class UnitStreams:
+    """Each split as one token stream: utterances (utt_id order; train shuffled by seed) each followed by EOS."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    n_units: int  # K
+    utterances: dict[str, int]  # per split
+
+    @property
+    def eos_id(self) -> int:
+        return self.n_units
+
+    @property
+    def pad_id(self) -> int:
+        return self.n_units + 1
+
+
+def _pack(values: np.ndarray, offsets: np.ndarray, order: np.ndarray, eos: int) -> np.ndarray:
+    """Concatenate utterances `order` (indices into offsets) with EOS after each, vectorised."""
+    starts, ends = offsets[order], offsets[order + 1]
+    lengths = ends - starts
+    out = np.full(int(lengths.sum()) + len(order), eos, dtype=np.int32)
+    # Position of each utterance in the output, then a gather index for every unit token.
+    out_starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+    total = int(lengths.sum())
+    if total:
+        seg = np.repeat(np.arange(len(order)), lengths)
+        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[out_starts[seg] + within] = values[starts[seg] + within]
+    return out
+
+
+def load_unit_streams(units_dir: str | Path, val_fraction: float, test_fraction: float, seed: int) -> UnitStreams:
+    """Read every shard, check unit ids against meta.json's K, split by utt_id hash and pack each split.
+
+    Raises SlmscaleError (before any training compute) for an empty dataset, ids >= K, or an empty split."""
+    meta = read_meta(units_dir)
+    k = meta.vocab_size
+    table = read_units_table(units_dir, columns=("utt_id", "units"))
+    if table.num_rows == 0:
+        raise SlmscaleError(f"{units_dir}: the unit shards hold no utterances")
+    table = table.sort_by("utt_id")  # shard layout must not change the data order
+    units = table.column("units").combine_chunks()
+    if isinstance(units, pa.ChunkedArray):  # pyarrow < 15 returns chunked for empty chunks
+        units = pa.concat_arrays(units.chunks)
+    values = units.values.to_numpy(zero_copy_only=False).astype(np.int32)
+    offsets = units.offsets.to_numpy().astype(np.int64)
+    if units.offset or offsets[0] != 0:  # normalise a sliced list array
+        values = values[offsets[0]:]
+        offsets = offsets - offsets[0]
+    if values.size == 0:
+        raise SlmscaleError(f"{units_dir}: all {table.num_rows} utterances are empty (no units)")
+    top = int(values.max())
+    if top >= k:
+        bad = int(np.searchsorted(offsets, int(np.argmax(values >= k)), side="right") - 1)
+        raise SlmscaleError(
+            f"{units_dir}: unit id {top} is out of range for vocab_size {k} in meta.json "
+            f"(first offending utterance {table.column('utt_id')[bad].as_py()!r}); expected ids in [0, {k})"
+        )
+    utt_ids = table.column("utt_id").to_pylist()
+    split = np.array([split_of(u, val_fraction, test_fraction) for u in utt_ids])
+    lengths = np.diff(offsets)
+    streams, counts = {}, {}
+    for name in SPLITS:
+        idx = np.flatnonzero((split == name) & (lengths > 0))
+        counts[name] = int(idx.size)
+        if idx.size == 0:
+            raise SlmscaleError(
+                f"{units_dir}: the {name} split is empty ({table.num_rows} utterances, val_fraction={val_fraction}, "
+                f"test_fraction={test_fraction}); expected at least one utterance in each split — "
+                f"use a larger dataset or larger fractions"
+            )
+        if name == "train":
+            idx = idx[np.random.default_rng([seed, 0x5EED]).permutation(idx.size)]
+        streams[name] = _pack(values, offsets, idx, eos=k)
+    return UnitStreams(streams["train"], streams["val"], streams["test"], k, counts)
+
+
+class SequenceSampler:
+    """Fixed-length training sequences over epochs of the (optionally capped) packed train stream."""
+
+    def __init__(self, stream: np.ndarray, context: int, seed: int, unique_tokens: int | None = None):
+        n_avail = len(stream) // context
+        if n_avail == 0:
+            raise SlmscaleError(
+                f"training split has {len(stream)} tokens, fewer than one sequence of context {context}"
+            )
+        n = n_avail
+        if unique_tokens is not None:
+            if unique_tokens < context:
+                raise SlmscaleError(f"unique_tokens: {unique_tokens} is smaller than one sequence ({context} tokens)")
+            if unique_tokens > n_avail * context:
+                raise SlmscaleError(
+                    f"unique_tokens: {unique_tokens} exceeds the {n_avail * context} tokens of the training split"
+                )
+            n = unique_tokens // context
+        self.context = context
+        self.seed = seed
+        self.n_sequences = n
+        self.sequences = stream[: n * context].reshape(n, context)
+
+    @property
+    def unique_tokens(self) -> int:
+        return self.n_sequences * self.context
+
+    @lru_cache(maxsize=4)
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n_sequences)
+
+    def batch(self, start: int, count: int) -> np.ndarray:
+        """Global sequences [start, start + count) as an int64 array [count, context]."""
+        g = np.arange(start, start + count)
+        epochs, pos = np.divmod(g, self.n_sequences)
+        rows = np.empty(count, dtype=np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            rows[sel] = self._perm(int(e))[pos[sel]]
+        return self.sequences[rows].astype(np.int64)
+
+
+def eval_sequences(stream: np.ndarray, context: int, max_tokens: int | None, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `max_tokens` of an eval stream as sequences [n, context] plus a mask of real tokens
+    (the last sequence is right-padded, and padded positions are excluded from the loss)."""
+    if max_tokens is not None:
+        stream = stream[:max_tokens]
+    n = -(-len(stream) // context)
+    ids = np.full(n * context, pad_id, dtype=np.int64)
+    ids[: len(stream)] = stream
+    mask = np.zeros(n * context, dtype=bool)
+    mask[: len(stream)] = True
+    return ids.reshape(n, context), mask.reshape(n, context)

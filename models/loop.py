@@ -1,0 +1,328 @@
+"""The training loop of one worker, read top to bottom: data, model, optimizer, resume, updates, reports.
+
+`run_worker` is used unchanged by the in-process path (one worker, no process group) and by every Ray Train
+worker (DDP/FSDP process group set up by TorchTrainer). Rank 0 writes checkpoints, metrics.jsonl, model/ and
+final.json; all ranks take part in evaluation and state-dict gathering.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from analysis.io import atomic_write_json, code_version
+from models import checkpoint as ckpt_io
+from models.config import RunPlan, TrainConfig
+from models.data import SequenceSampler, eval_sequences, load_unit_streams
+from models.ladder import build_model
+from models.throughput import device_peak_flops, mfu
+
+__all__ = ["WorkerContext", "WarmupCosine", "run_worker", "FINAL_JSON"]
+
+FINAL_JSON = "final.json"
+ReportFn = Callable[[dict, "str | None"], None]
+
+
+@dataclass
+class WorkerContext:
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    ray: bool = False  # inside a Ray Train worker (report with ray.train.report, wrap with prepare_model)
+    report: ReportFn | None = None  # rank 0's callback, in-process path
+
+
+class WarmupCosine:
+    """LR multiplier: linear warmup to 1, cosine decay to min_lr / lr at the last update.
+    A callable object (not a closure) so LambdaLR's state_dict stays plain numbers."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float):
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + 0.5 * (1.0 - self.min_ratio) * (1.0 + math.cos(math.pi * progress))
+
+
+def _resolve_runtime(cfg: TrainConfig, device) -> dict[str, Any]:
+    """Device-dependent choices: bf16 autocast, attention kernel, compile, fused AdamW."""
+    import importlib.util
+
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    attn = cfg.attn_implementation
+    if attn == "auto":
+        attn = "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") else "sdpa"
+    compile_ = cfg.compile if cfg.compile is not None else cuda
+    if cfg.parallel == "fsdp":
+        compile_ = False  # compiled FSDP1 modules change state-dict names; not worth it here
+    return {"bf16": bf16, "attn": attn, "compile": bool(compile_), "fused_adamw": cuda}
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    """Decay matrices (embeddings, projections), not RMSNorm gains (as nanoGPT / Llama recipes)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _all_reduce_sum(t, ctx: WorkerContext):
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def _eval_loss(model, ids: np.ndarray, mask: np.ndarray, micro: int, ctx: WorkerContext, bf16: bool) -> float:
+    """Token-weighted mean next-unit cross-entropy over the masked targets; sequences split over ranks and
+    padded to whole batches so every rank runs the same number of identical-shape forwards."""
+    import torch
+    import torch.nn.functional as F
+
+    per_batch = micro * ctx.world_size
+    n = -(-len(ids) // per_batch) * per_batch
+    ids = np.concatenate([ids, np.zeros((n - len(ids), ids.shape[1]), ids.dtype)])
+    mask = np.concatenate([mask, np.zeros((n - len(mask), mask.shape[1]), bool)])
+    ids, mask = ids[ctx.rank::ctx.world_size], mask[ctx.rank::ctx.world_size]
+    dev = torch.device(ctx.device)
+    total = torch.zeros(2, dtype=torch.float64, device=dev)
+    model.eval()
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        for i in range(0, len(ids), micro):
+            x = torch.from_numpy(ids[i:i + micro]).to(dev)
+            m = torch.from_numpy(mask[i:i + micro, 1:]).to(dev)
+            logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+            ce = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none")
+            total[0] += (ce * m.flatten()).sum(dtype=torch.float64)
+            total[1] += m.sum()
+    model.train()
+    total = _all_reduce_sum(total, ctx)
+    return float(total[0] / total[1])
+
+
+def _gather_state(model, unwrapped, optimizer, fsdp: bool):
+    """Full (unsharded, CPU) model and optimizer state on every rank."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in unwrapped.state_dict().items()}, optimizer.state_dict()
+
+
+def _set_state(model, unwrapped, optimizer, loaded: dict, where: Path, fsdp: bool) -> None:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        state = dict(loaded["model_state"])
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+        set_state_dict(model, optimizer, model_state_dict=state, optim_state_dict=loaded["optimizer_state"],
+                       options=StateDictOptions(full_state_dict=True))
+        return
+    ckpt_io.load_model_state(unwrapped, loaded["model_state"], where)
+    optimizer.load_state_dict(loaded["optimizer_state"])
+
+
+def _truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop report lines written after the checkpoint we resume from (they will be produced again)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= after_step]
+    from analysis.io import atomic_write_text
+
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | None:
+    """Train (or resume) to the end of the plan; returns the final metrics on rank 0 (None elsewhere)."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg, plan = TrainConfig(**cfg_dict), RunPlan(**plan_dict)
+    run_dir = Path(cfg.out_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(ctx.device)
+    rt = _resolve_runtime(cfg, device)
+    fsdp = cfg.parallel == "fsdp" and ctx.ray
+
+    streams = load_unit_streams(cfg.units_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    sampler = SequenceSampler(streams.train, plan.context, cfg.seed, cfg.unique_tokens)
+    val_ids, val_mask = eval_sequences(streams.val, plan.context, cfg.eval_tokens, streams.pad_id)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every fresh start
+    unwrapped = build_model(cfg.model, plan.n_units, plan.context, attn_implementation=rt["attn"])
+    model = unwrapped
+    if rt["compile"]:
+        model = torch.compile(model)
+    if ctx.ray:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model, parallel_strategy=cfg.parallel)
+    else:
+        model = model.to(device)
+
+    optimizer = torch.optim.AdamW(
+        _param_groups(unwrapped if not fsdp else model, cfg.weight_decay),
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=rt["fused_adamw"] or None,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(plan.warmup_steps, plan.total_steps, cfg.min_lr / cfg.lr)
+    )
+    identity = {"model": plan.model, "n_params": plan.n_params, "vocab_size": plan.vocab_size, "context": plan.context}
+
+    start_step = 0
+    latest = ckpt_io.latest_checkpoint(run_dir)
+    if latest is not None:
+        loaded = ckpt_io.read_checkpoint(latest, identity)
+        _set_state(model, unwrapped, optimizer, loaded, latest, fsdp)
+        scheduler.load_state_dict(loaded["scheduler_state"])
+        ckpt_io.restore_rng(loaded)
+        start_step = int(loaded["trainer_state"]["step"])
+        del loaded
+    if ctx.rank == 0:
+        ckpt_io.clean_stale_tmp(run_dir)
+        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else device_peak_flops(device)
+    pbar = None
+    if ctx.rank == 0 and cfg.progress:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=plan.total_steps, initial=start_step, desc=f"train {cfg.model}", unit="update")
+
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    n_in_interval, interval_time, session_time, session_tokens = 0, 0.0, 0.0, 0
+    last_val = float("nan")
+    for step in range(start_step + 1, plan.total_steps + 1):
+        t0 = time.perf_counter()
+        base = (step - 1) * plan.seqs_per_update + ctx.rank * plan.seqs_per_worker
+        for micro in range(plan.grad_accum):
+            x = torch.from_numpy(sampler.batch(base + micro * plan.micro_batch, plan.micro_batch)).to(device)
+            sync = micro == plan.grad_accum - 1 or not hasattr(model, "no_sync")
+            with model.no_sync() if not sync else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=rt["bf16"]):
+                    logits = model(input_ids=x, use_cache=False).logits
+                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten()) / plan.grad_accum
+                loss.backward()
+            loss_sum += loss.detach()
+        if fsdp:
+            model.clip_grad_norm_(cfg.grad_clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(unwrapped.parameters(), cfg.grad_clip)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        n_in_interval += 1
+
+        is_last = step == plan.total_steps
+        is_ckpt = step % plan.checkpoint_every == 0 or is_last
+        if not (step % plan.report_every == 0 or is_ckpt):
+            dt = time.perf_counter() - t0
+            interval_time += dt
+            if pbar:
+                pbar.update(1)
+            continue
+        train_loss = float(_all_reduce_sum(loss_sum.clone(), ctx)) / (n_in_interval * ctx.world_size)
+        dt = time.perf_counter() - t0  # .item() above waited for the device
+        interval_time += dt
+        interval_tokens = n_in_interval * plan.tokens_per_update
+        tps = interval_tokens / interval_time if interval_time > 0 else float("nan")
+        # Session throughput leaves out the first update (compilation, allocator warm-up) when it can.
+        if step > start_step + 1 or plan.total_steps == start_step + 1:
+            session_time += interval_time
+            session_tokens += interval_tokens
+        if step % plan.eval_every == 0 or is_last:
+            last_val = _eval_loss(model, val_ids, val_mask, plan.micro_batch, ctx, rt["bf16"])
+        tokens_seen = step * plan.tokens_per_update
+        metrics = {
+            "step": step,
+            "tokens": tokens_seen,
+            "epochs": tokens_seen / sampler.unique_tokens,
+            "train_loss": train_loss,
+            "val_loss": last_val if step % plan.eval_every == 0 or is_last else None,
+            "lr": lr,
+            "flops_6nd": plan.flops_per_token_6n * tokens_seen,
+            "flops_exact": plan.flops_per_token * tokens_seen,
+            "tokens_per_s": tps,
+            "mfu": mfu(plan.flops_per_token, tps, peak, ctx.world_size),
+            "time": time.time(),
+        }
+        loss_sum.zero_()
+        n_in_interval, interval_time = 0, 0.0
+
+        ckpt_path = None
+        if ctx.rank == 0:
+            with open(run_dir / "metrics.jsonl", "a") as f:  # before the checkpoint: see _truncate_metrics
+                f.write(json.dumps(metrics) + "\n")
+        if is_ckpt:
+            model_state, optim_state = _gather_state(model, unwrapped, optimizer, fsdp)
+            if ctx.rank == 0:
+                trainer_state = {
+                    **identity,
+                    "step": step,
+                    "tokens_seen": tokens_seen,
+                    "sequences_read": step * plan.seqs_per_update,
+                    "epochs": tokens_seen / sampler.unique_tokens,
+                    "seed": cfg.seed,
+                    "code_version": code_version(),
+                }
+                ckpt_path = str(ckpt_io.write_checkpoint(
+                    run_dir, step, unwrapped, model_state, optim_state, scheduler.state_dict(), trainer_state
+                ))
+                ckpt_io.prune_checkpoints(run_dir, cfg.keep_checkpoints)
+            del model_state, optim_state
+        metrics["checkpoint_dir"] = ckpt_path
+        if ctx.ray:
+            import ray.train
+
+            ray.train.report(metrics)
+        elif ctx.report is not None:
+            ctx.report(metrics, ckpt_path)
+        if pbar:
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{train_loss:.3f}", val=f"{last_val:.3f}")
+    if pbar:
+        pbar.close()
+
+    test_ids, test_mask = eval_sequences(streams.test, plan.context, cfg.test_tokens, streams.pad_id)
+    test_loss = _eval_loss(model, test_ids, test_mask, plan.micro_batch, ctx, rt["bf16"])
+    if last_val != last_val:  # resumed after the last report: nothing evaluated in this session
+        last_val = _eval_loss(model, val_ids, val_mask, plan.micro_batch, ctx, rt["bf16"])
+    if fsdp:
+        model_state, _ = _gather_state(model, unwrapped, optimizer, fsdp)
+    else:
+        model_state = None
+    if ctx.rank != 0:
+        return None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    unwrapped.save_pretrained(run_dir / "model", state_dict=model_state, safe_serialization=True)
+    session_tps = session_tokens / session_time if session_time > 0 else float("nan")
+    final = {
+        "test_loss": test_loss,
+        "val_loss": last_val,
+        "tokens": plan.tokens,
+        "unique_tokens": sampler.unique_tokens,
+        "epochs": plan.tokens / sampler.unique_tokens,
+        "tokens_per_s": session_tps,
+        "mfu": mfu(plan.flops_per_token, session_tps, peak, ctx.world_size),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "runtime": rt,
+        "split_utterances": streams.utterances,
+    }
+    atomic_write_json(run_dir / FINAL_JSON, final)
+    return final

@@ -1,0 +1,164 @@
+"""`train(cfg)`: one complete training run of one ladder size on one unit dataset, resumable.
+
+    cfg.validate() -> meta.json -> RunPlan (exact counts) -> RUN_DIR/config.json + run.json
+    -> data checks (ids < K, non-empty splits, U) -> loop (in process, or Ray Train TorchTrainer)
+    -> final.json (test loss) -> results.parquet (one row of analysis/schema.py)
+
+All input checks happen before the first forward pass. Calling `train` again on the same `out_dir` resumes
+from the newest checkpoint, or just returns the row when the run has finished.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from analysis.io import SlmscaleError, atomic_write_json, code_version, read_json
+from analysis.schema import write_results
+from models.config import RunPlan, TrainConfig, make_plan
+from models.data import SequenceSampler, load_unit_streams
+from models.ladder import llama_config
+from models.loop import FINAL_JSON, WorkerContext, run_worker
+from tokenization.schema import UnitsMeta, meta_hash, read_meta
+
+__all__ = ["TrainConfig", "RunPlan", "train", "prepare_run", "results_row", "resume"]
+
+ReportFn = Callable[[dict, "str | None"], None]
+
+
+def _tokenizer_id(meta: UnitsMeta) -> str:
+    tok = meta.tokenizer
+    return str(tok.get("id") or tok.get("name") or tok.get("kind"))
+
+
+def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
+    """Validate everything that can be validated without training, create RUN_DIR and return (plan, run_info).
+
+    Raises SlmscaleError for a bad config, a missing/empty unit dataset, unit ids >= K, a budget smaller than
+    one update, a unique-token cap the data cannot supply, or a RUN_DIR made by a different config."""
+    cfg.validate()
+    run_dir = Path(cfg.out_dir)
+    meta = read_meta(cfg.units_dir)
+    plan = make_plan(cfg, meta.vocab_size)
+    units_hash = meta_hash(cfg.units_dir)
+
+    if (run_dir / "config.json").is_file():
+        previous = TrainConfig.load(run_dir)
+        diff = previous.differences(cfg)
+        if diff:
+            detail = "; ".join(f"{k}: run has {a!r}, given {b!r}" for k, (a, b) in diff.items())
+            raise SlmscaleError(f"{run_dir}/config.json: resuming with a different config is refused ({detail})")
+    if (run_dir / "run.json").is_file():
+        info = read_json(run_dir / "run.json", what="run.json")
+        if info.get("units_meta_hash") != units_hash:
+            raise SlmscaleError(
+                f"{cfg.units_dir}/meta.json: this unit dataset (hash {units_hash[:12]}) is not the one the run in "
+                f"{run_dir} was started on ({str(info.get('units_meta_hash'))[:12]}); expected the same units"
+            )
+
+    # Data checks (cheap next to training): ids in range, every split non-empty, U available.
+    streams = load_unit_streams(cfg.units_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    sampler = SequenceSampler(streams.train, plan.context, cfg.seed, cfg.unique_tokens)
+
+    info = {
+        "model": cfg.model,
+        "model_config": llama_config(cfg.model, meta.vocab_size, plan.context).to_dict(),
+        "n_params": plan.n_params,
+        "seed": cfg.seed,
+        "tokenizer": _tokenizer_id(meta),
+        "tokenizer_hash": meta.tokenizer_hash,
+        "tokenizer_info": meta.tokenizer,
+        "units_dir": str(Path(cfg.units_dir).resolve()),
+        "units_meta_hash": units_hash,
+        "units_vocab_size": meta.vocab_size,
+        "eos_id": streams.eos_id,
+        "pad_id": streams.pad_id,
+        "plan": plan.to_dict(),
+        "total_steps": plan.total_steps,
+        "unique_tokens": sampler.unique_tokens,
+        "train_tokens_available": int(len(streams.train)),
+        "split_utterances": streams.utterances,
+        "code_version": code_version(),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    if not (run_dir / "run.json").is_file():
+        atomic_write_json(run_dir / "run.json", info)
+    return plan, info
+
+
+def results_row(cfg: TrainConfig, plan: RunPlan, info: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """The run's row in the results-table schema (analysis/schema.py), with provenance columns."""
+    tokens = float(plan.tokens)
+    return {
+        "run_id": Path(cfg.out_dir).resolve().name,
+        "model": cfg.model,
+        "n_params": float(plan.n_params),
+        "tokens": tokens,
+        "unique_tokens": float(final["unique_tokens"]),
+        "epochs": tokens / final["unique_tokens"],
+        "flops": 6.0 * plan.n_params * tokens,
+        "loss": float(final["test_loss"]),
+        "tokenizer": info["tokenizer"],
+        "tokenizer_hash": info["tokenizer_hash"],
+        "units_meta_hash": info["units_meta_hash"],
+        "model_config": json.dumps(info["model_config"], sort_keys=True),
+        "seed": int(cfg.seed),
+        "code_version": info["code_version"],
+        "flops_exact": float(plan.flops_per_token) * tokens,
+        "tokens_per_s": float(final["tokens_per_s"]),
+        "mfu": float(final["mfu"]),
+        "val_loss": float(final["val_loss"]),
+        "run_dir": str(Path(cfg.out_dir).resolve()),
+    }
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / FINAL_JSON).is_file() and (run_dir / "model" / "config.json").is_file()
+
+
+def train(cfg: TrainConfig, report: ReportFn | None = None, *, ray_callbacks: list | None = None) -> dict[str, Any]:
+    """Train (or resume, or just read back) one run; returns its results row (also written to results.parquet).
+
+    `report(metrics, checkpoint_dir_or_None)` is called at every report. With one worker it runs in this process.
+    On the Ray Train path (cfg.workers > 1 or cfg.use_ray) it runs in the Train controller actor, so it must be
+    picklable; inside a Ray Tune trial, worker reports are forwarded to Tune automatically
+    (`ray.tune.integration.ray_train.TuneReportCallback`), and `ray_callbacks` adds further Train v2
+    `UserCallback`s."""
+    plan, info = prepare_run(cfg)
+    run_dir = Path(cfg.out_dir)
+    if not _finished(run_dir):
+        if cfg.workers > 1 or cfg.use_ray:
+            from models.ray_train import run_torch_trainer
+
+            run_torch_trainer(cfg, plan, report=report, callbacks=ray_callbacks)
+        else:
+            run_worker(cfg.to_dict(), plan.to_dict(), WorkerContext(device=_local_device(cfg), report=report))
+    final = read_json(run_dir / FINAL_JSON, what="final metrics")
+    row = results_row(cfg, plan, read_json(run_dir / "run.json"), final)
+    write_results(pd.DataFrame([row]), run_dir / "results.parquet")
+    return row
+
+
+def resume(run_dir: str | Path, report: ReportFn | None = None, **overrides: Any) -> dict[str, Any]:
+    """Continue the run in `run_dir` with its saved config (`overrides` may only change how it runs,
+    e.g. workers or device)."""
+    cfg = TrainConfig.load(run_dir)
+    cfg.out_dir = str(run_dir)
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    return train(cfg, report)
+
+
+def _local_device(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise SlmscaleError("device: 'cuda' requested but torch sees no CUDA device")
+    if cfg.device == "auto":
+        use_cuda = torch.cuda.is_available() and (cfg.gpus_per_worker is None or cfg.gpus_per_worker > 0)
+        return "cuda" if use_cuda else "cpu"
+    return cfg.device

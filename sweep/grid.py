@@ -49,12 +49,19 @@ def _number(where: str, value: Any, *, integer: bool = False, positive: bool = T
     return float(value)
 
 
+def _sub_field(where: str, name: str) -> str:
+    """"g.yaml: field 'resources'" + "workers" -> "g.yaml: field 'resources.workers'"."""
+    return f"{where[:-1]}.{name}'" if where.endswith("'") else f"{where}.{name}"
+
+
 def _number_list(where: str, value: Any, **kw) -> tuple:
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):
         value = [value]
-    out = tuple(_number(f"{where}[{i}]", v, **kw) for i, v in enumerate(value))
+    # "g.yaml: field 'seeds'" -> "g.yaml: field 'seeds[2]'" for the bad element
+    item = (lambda i: f"{where[:-1]}[{i}]'") if where.endswith("'") else (lambda i: f"{where}[{i}]")
+    out = tuple(_number(item(i), v, **kw) for i, v in enumerate(value))
     if len(set(out)) != len(out):
         raise SlmscaleError(f"{where}: values must be distinct, got {list(value)}")
     return out
@@ -70,9 +77,9 @@ class TrialResources:
     gpus_per_worker: float = 0.0
 
     def validate(self, where: str = "resources") -> "TrialResources":
-        _number(f"{where}.workers", self.workers, integer=True)
-        _number(f"{where}.cpus_per_worker", self.cpus_per_worker, allow_zero=True)
-        _number(f"{where}.gpus_per_worker", self.gpus_per_worker, allow_zero=True)
+        _number(_sub_field(where, "workers"), self.workers, integer=True)
+        _number(_sub_field(where, "cpus_per_worker"), self.cpus_per_worker, allow_zero=True)
+        _number(_sub_field(where, "gpus_per_worker"), self.gpus_per_worker, allow_zero=True)
         if self.cpus_per_worker == 0 and self.gpus_per_worker == 0:
             raise SlmscaleError(f"{where}: a worker needs at least one CPU or GPU (cpus_per_worker and gpus_per_worker are both 0)")
         return self
@@ -94,10 +101,10 @@ class PlanAssumptions:
     gpu_peak_tflops: float = 312.0  # A100 bf16 dense
 
     def validate(self, where: str = "plan") -> "PlanAssumptions":
-        _number(f"{where}.mfu", self.mfu)
+        _number(_sub_field(where, "mfu"), self.mfu)
         if self.mfu > 1:
-            raise SlmscaleError(f"{where}.mfu: expected a fraction in (0, 1], got {self.mfu}")
-        _number(f"{where}.gpu_peak_tflops", self.gpu_peak_tflops)
+            raise SlmscaleError(f"{_sub_field(where, 'mfu')}: expected a fraction in (0, 1], got {self.mfu}")
+        _number(_sub_field(where, "gpu_peak_tflops"), self.gpu_peak_tflops)
         return self
 
 

@@ -1,0 +1,230 @@
+"""`sweep launch` / `sweep resume`: the grid as one Ray Tune experiment on the storage path.
+
+    STORAGE/
+      sweep.json         the expanded grid, unit dataset + its meta hash, code version (written first)
+      runs/<run_id>/     one training run dir per trial (models.train layout + row.json, eval/)
+      tune/              Ray Tune's experiment state (Tuner.restore reads it)
+      results.parquet    the results table, rewritten each time a trial finishes
+
+One Tune trial per grid point (`tune.grid_search` over the trial list), resources per trial, FailureConfig
+(max_failures) for automatic retries; retries and `sweep resume` continue from the run dir's checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from analysis.io import SlmscaleError, atomic_write_json, code_version, read_json
+
+from .grid import GridSpec, Trial, grid_from_dict, _replace
+from .plan import make_plan
+
+__all__ = ["SWEEP_FILE", "TUNE_DIR", "launch", "resume", "resolve_storage", "read_sweep"]
+
+SWEEP_FILE = "sweep.json"
+TUNE_DIR = "tune"
+RESULTS_FILE = "results.parquet"
+
+
+def resolve_storage(storage: str | os.PathLike) -> Path:
+    """An absolute local/shared-filesystem path (spaces are fine). URIs are refused with the reason."""
+    text = str(storage)
+    if not text.strip():
+        raise SlmscaleError("--storage: empty path")
+    if "://" in text and not text.startswith("file://"):
+        raise SlmscaleError(
+            f"--storage {text!r}: object-store URIs are not supported yet; run dirs and checkpoints must live on a "
+            f"filesystem every node mounts at the same path (e.g. EFS/NFS at /shared, see cluster.yaml)"
+        )
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    return Path(text).expanduser().resolve()
+
+
+def spec_to_dict(spec: GridSpec) -> dict[str, Any]:
+    raw = asdict(spec)
+    raw.pop("source")
+    return raw
+
+
+def read_sweep(storage: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """(storage path, sweep.json) — refusing a directory that slmscale did not create."""
+    root = resolve_storage(storage)
+    if not root.is_dir():
+        raise SlmscaleError(f"sweep storage not found: {root}")
+    if not (root / SWEEP_FILE).is_file():
+        raise SlmscaleError(f"{root}: no {SWEEP_FILE} — not a sweep directory written by `slmscale sweep launch`")
+    return root, read_json(root / SWEEP_FILE, what="sweep file")
+
+
+def _units_info(units: str) -> tuple[str, int, str]:
+    from tokenization.schema import meta_hash, read_meta, shard_paths
+
+    path = Path(units).expanduser().resolve()
+    meta = read_meta(path)
+    if not shard_paths(path):
+        raise SlmscaleError(f"{path}: no shard-*.parquet files — the unit dataset is empty")
+    return str(path), meta.vocab_size, meta_hash(path)
+
+
+def _trial_configs(sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"trial": t, "sweep": sweep["settings"]} for t in sweep["trials"]]
+
+
+def _trainable(spec: GridSpec):
+    from ray import tune
+
+    from .resources import tune_resources
+    from .trainable import run_trial
+
+    per_model = {m: tune_resources(spec.resources_for(m)) for m in spec.models}
+    return tune.with_resources(run_trial, lambda config: per_model[config["trial"]["model"]])
+
+
+def _run_config(storage: Path, spec: GridSpec, verbose: int):
+    from ray import tune
+
+    from .callbacks import WriteResultsOnComplete
+
+    return tune.RunConfig(
+        name=TUNE_DIR,
+        storage_path=str(storage),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        # Only the newest (pointer) checkpoint matters: the run dir holds the real ones.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[WriteResultsOnComplete(storage)],
+        verbose=verbose,
+    )
+
+
+def _check_cluster(spec: GridSpec, trials: list[Trial], cluster_config: str | None) -> None:
+    from .resources import autoscaler_nodes, check_fits, live_nodes
+
+    check_fits(spec, trials, live_nodes() + autoscaler_nodes(cluster_config))
+
+
+def _finish(grid, storage: Path) -> dict[str, Any]:
+    from .results import write_sweep_results
+    from .status import sweep_status
+
+    errors = [r for r in grid if r.error is not None]
+    try:
+        write_sweep_results(storage)
+    except SlmscaleError:
+        pass
+    rows = sweep_status(storage)
+    return {
+        "storage": str(storage),
+        "trials": len(rows),
+        "finished": sum(r["state"] == "FINISHED" for r in rows),
+        "errored": [{"run_id": (r.config or {}).get("trial", {}).get("run_id"), "error": str(r.error)[:500]} for r in errors],
+        "results": str(storage / RESULTS_FILE),
+    }
+
+
+def launch(
+    spec: GridSpec,
+    storage: str | os.PathLike,
+    *,
+    units: str | None = None,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    cluster_config: str | None = None,
+    verbose: int = 1,
+) -> dict[str, Any]:
+    """Run every trial of `spec` as a Tune experiment under `storage`; returns a summary dict.
+
+    Everything that can be checked is checked before the first trial starts: the unit dataset, the grid,
+    that the storage is new, the cluster address, and that every trial fits the cluster's resources."""
+    from tokenization.ray_utils import ensure_ray
+
+    root = resolve_storage(storage)
+    if (root / SWEEP_FILE).exists():
+        raise SlmscaleError(f"{root} already holds a sweep ({SWEEP_FILE}); continue it with `slmscale sweep resume {root}` "
+                            f"or choose a new --storage")
+    units = units or spec.units
+    if not units:
+        raise SlmscaleError(f"{spec.source}: field 'units' is not set; pass --units DIR")
+    units, n_units, units_hash = _units_info(units)
+    spec = _replace(spec, units=units, max_concurrent=max_concurrent or spec.max_concurrent)
+    plan = make_plan(spec, units)
+    # Refuse a grid whose train overrides TrainConfig cannot take, before any Ray work.
+    from models.config import TrainConfig
+
+    unknown = sorted(set(spec.train) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise SlmscaleError(f"{spec.source}: field 'train' has unknown TrainConfig field(s) {unknown}")
+
+    ensure_ray(address)
+    _check_cluster(spec, plan.trials, cluster_config)
+
+    root.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "name": spec.name,
+        "units": units,
+        "run_root": str(root / "runs"),
+        "storage_is_local": True,
+        "eval": list(spec.eval),
+        "train": {"progress": False, **spec.train},
+        "resources": {m: asdict(spec.resources_for(m)) for m in spec.models},
+    }
+    sweep = {
+        "schema_version": 1,
+        "grid": spec_to_dict(spec),
+        "grid_source": spec.source,
+        "units": units,
+        "units_meta_hash": units_hash,
+        "n_units": n_units,
+        "trials": [t.to_dict() for t in plan.trials],
+        "settings": settings,
+        "total_flops": plan.total_flops,
+        "created": time.time(),
+        "code_version": code_version(),
+    }
+    atomic_write_json(root / SWEEP_FILE, sweep)
+    return _fit(spec, root, sweep, verbose)
+
+
+def _fit(spec: GridSpec, root: Path, sweep: dict[str, Any], verbose: int) -> dict[str, Any]:
+    from ray import tune
+
+    tuner = tune.Tuner(
+        _trainable(spec),
+        param_space={"trial": tune.grid_search([c["trial"] for c in _trial_configs(sweep)]), "sweep": sweep["settings"]},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=spec.max_concurrent,
+            trial_dirname_creator=lambda trial: trial.config["trial"]["run_id"],
+            trial_name_creator=lambda trial: trial.config["trial"]["run_id"],
+        ),
+        run_config=_run_config(root, spec, verbose),
+    )
+    return _finish(tuner.fit(), root)
+
+
+def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: int = 1) -> dict[str, Any]:
+    """Continue a sweep after its driver died: unfinished and errored trials resume from their checkpoints,
+    finished trials are kept as they are (Tuner.restore with resume_unfinished and resume_errored)."""
+    from ray import tune
+
+    from tokenization.ray_utils import ensure_ray
+
+    root, sweep = read_sweep(storage)
+    spec = grid_from_dict(sweep["grid"], source=str(root / SWEEP_FILE))
+    tune_dir = root / TUNE_DIR
+    ensure_ray(address)
+    if not tune.Tuner.can_restore(str(tune_dir)):
+        # The driver died before Tune wrote its first state: nothing ran, so start the experiment now.
+        return _fit(spec, root, sweep, verbose)
+    # Tuner.restore reads Tune's own (pickled) experiment state; sweep.json above proves this directory is
+    # one `sweep launch` created. Never point `sweep resume` at storage that other people can write to.
+    tuner = tune.Tuner.restore(
+        str(tune_dir),
+        trainable=_trainable(spec),
+        resume_unfinished=True,
+        resume_errored=True,
+        restart_errored=False,
+    )
+    return _finish(tuner.fit(), root)

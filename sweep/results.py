@@ -1,0 +1,63 @@
+"""`sweep results`: the results table (analysis/schema.py) from the finished trials of a sweep.
+
+Rows come from each run dir's `row.json` (training row of models.train + evaluation metrics), one per
+grid point by construction (the run dir is named by the trial's run_id), so a trial retried or resumed
+any number of times still contributes exactly one row. Nothing here unpickles Tune state.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.io import SlmscaleError
+from analysis.schema import validate_results, write_results
+
+from .trainable import ROW_FILE
+
+__all__ = ["sweep_results", "write_sweep_results"]
+
+
+def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> pd.DataFrame:
+    """One row per finished trial, in grid order. Raises if none finished (or, with allow_partial=False, if any
+    trial has not finished)."""
+    from .launch import RESULTS_FILE, read_sweep
+
+    root, sweep = read_sweep(storage)
+    run_root = Path(sweep["settings"]["run_root"])
+    if not run_root.is_dir():  # the storage was moved or mounted elsewhere: run dirs sit next to sweep.json
+        run_root = root / "runs"
+    rows, missing = [], []
+    for trial in sweep["trials"]:
+        path = run_root / trial["run_id"] / ROW_FILE
+        if not path.is_file():
+            missing.append(trial["run_id"])
+            continue
+        try:
+            row = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise SlmscaleError(f"{path}: invalid JSON ({exc}); delete it and `sweep resume` to redo the trial's evaluation") from None
+        if row.get("units_meta_hash") not in (None, sweep["units_meta_hash"]):
+            raise SlmscaleError(
+                f"{path}: trained on unit dataset {str(row.get('units_meta_hash'))[:12]}, but the sweep's is "
+                f"{sweep['units_meta_hash'][:12]}; expected every trial on the same units"
+            )
+        row.update(run_id=trial["run_id"], sweep=sweep["grid"]["name"], budget=trial["budget"])
+        rows.append(row)
+    if not rows:
+        raise SlmscaleError(f"{root}: no trial has finished yet ({len(missing)} pending); see `slmscale sweep status {root}`")
+    if missing and not allow_partial:
+        raise SlmscaleError(f"{root}: {len(missing)} trial(s) not finished: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    df = pd.DataFrame(rows)
+    validate_results(df, source=f"{root}/{RESULTS_FILE}")
+    return df
+
+
+def write_sweep_results(storage: str | os.PathLike, out: str | os.PathLike | None = None, *, allow_partial: bool = True) -> Path:
+    """Write the results table (Parquet or CSV by extension; default STORAGE/results.parquet) atomically."""
+    from .launch import RESULTS_FILE, read_sweep
+
+    root, _ = read_sweep(storage)
+    return write_results(sweep_results(root, allow_partial=allow_partial), Path(out) if out else root / RESULTS_FILE)

@@ -1,0 +1,137 @@
+"""`sweep status`: one line per trial — state, tokens done, loss, tokens/s, ETA — from files on the storage.
+
+Sources, all plain JSON (nothing is unpickled, so status is safe on any storage and needs no Ray):
+  runs/<id>/row.json        present = FINISHED
+  runs/<id>/metrics.jsonl   progress of the newest attempt (tokens, train/val loss, tokens/s, time)
+  runs/<id>/attempt.json    attempt number, host and pid of the newest attempt
+  tune/experiment_state-*.json  Tune's trial status (PENDING / RUNNING / ERROR ...) at its last snapshot
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .trainable import ATTEMPT_FILE, ROW_FILE
+
+__all__ = ["sweep_status", "render_status", "tune_trial_states"]
+
+
+def tune_trial_states(tune_dir: Path) -> dict[str, dict[str, Any]]:
+    """run_id -> {"status", "num_failures", "error_file"} from Tune's newest experiment-state snapshot."""
+    snapshots = sorted(tune_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not snapshots:
+        return {}
+    try:
+        state = json.loads(snapshots[-1].read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # mid-write by a live driver; the next call will read it
+    out = {}
+    for entry in state.get("trial_data", []):
+        try:
+            trial, runtime = json.loads(entry[0]), json.loads(entry[1])
+            run_id = trial["config"]["trial"]["run_id"]
+        except (KeyError, TypeError, IndexError, json.JSONDecodeError):
+            continue
+        out[run_id] = {
+            "status": trial.get("status"),
+            "num_failures": runtime.get("num_failures", 0),
+            "error_file": runtime.get("error_filename"),
+        }
+    return out
+
+
+def _last_metrics(path: Path) -> dict[str, Any]:
+    """The newest report, and the newest val_loss (reports between evaluations carry val_loss None)."""
+    if not path.is_file():
+        return {}
+    last, val = {}, None
+    with open(path) as f:
+        for line in f:
+            try:
+                m = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write
+            last = m
+            if m.get("val_loss") is not None:
+                val = m["val_loss"]
+    return {**last, "last_val_loss": val}
+
+
+def sweep_status(storage: str | os.PathLike) -> list[dict[str, Any]]:
+    """One dict per trial of the sweep, in grid order."""
+    from .launch import TUNE_DIR, read_sweep
+
+    root, sweep = read_sweep(storage)
+    run_root = Path(sweep["settings"]["run_root"])
+    if not run_root.is_dir():
+        run_root = root / "runs"
+    tune_states = tune_trial_states(root / TUNE_DIR)
+    now = time.time()
+    rows = []
+    for trial in sweep["trials"]:
+        run_dir = run_root / trial["run_id"]
+        tune_state = tune_states.get(trial["run_id"], {})
+        attempt = json.loads((run_dir / ATTEMPT_FILE).read_text()) if (run_dir / ATTEMPT_FILE).is_file() else {}
+        m = _last_metrics(run_dir / "metrics.jsonl")
+        target = int(trial["tokens"])
+        row: dict[str, Any] = {
+            "run_id": trial["run_id"], "model": trial["model"], "n_params": trial["n_params"], "tokens_target": target,
+            "attempts": int(attempt.get("attempt", 0)), "host": attempt.get("host"),
+            "tune_status": tune_state.get("status"), "failures": tune_state.get("num_failures", 0),
+        }
+        if (run_dir / ROW_FILE).is_file():
+            final = json.loads((run_dir / ROW_FILE).read_text())
+            row.update(state="FINISHED", tokens_done=int(final["tokens"]), loss=float(final["loss"]),
+                       tokens_per_s=float(final.get("tokens_per_s", math.nan)), eta_s=0.0, loss_kind="test")
+        else:
+            state = tune_state.get("status") or ("STARTED" if attempt else "PENDING")
+            if state == "TERMINATED":  # Tune says done but no row: the trial body never completed
+                state = "INCOMPLETE"
+            tokens_done = int(m.get("tokens", 0))
+            tps = float(m.get("tokens_per_s") or math.nan)
+            loss = m.get("last_val_loss")
+            kind = "val"
+            if loss is None and m.get("train_loss") is not None:
+                loss, kind = m["train_loss"], "train"
+            remaining = max(0, target - tokens_done)
+            row.update(
+                state=state, tokens_done=tokens_done, loss=float(loss) if loss is not None else math.nan,
+                loss_kind=kind if loss is not None else "", tokens_per_s=tps,
+                eta_s=remaining / tps if tps and math.isfinite(tps) and tps > 0 and state != "ERROR" else math.nan,
+                last_report_age_s=now - float(m["time"]) if "time" in m else math.nan,
+            )
+        rows.append(row)
+    return rows
+
+
+def _fmt_duration(s: float) -> str:
+    if not math.isfinite(s):
+        return "-"
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def render_status(rows: list[dict[str, Any]]) -> str:
+    from .grid import format_count
+
+    head = f"{'run_id':<28} {'state':<10} {'tokens done':>17} {'loss':>12} {'tok/s':>8} {'ETA':>8} {'tries':>5}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        done = f"{format_count(r['tokens_done'])}/{format_count(r['tokens_target'])}"
+        loss = f"{r['loss']:.4f} {r['loss_kind']}" if math.isfinite(r["loss"]) else "-"
+        tps = f"{r['tokens_per_s']:.3g}" if math.isfinite(r["tokens_per_s"]) else "-"
+        lines.append(f"{r['run_id']:<28} {r['state']:<10} {done:>17} {loss:>12} {tps:>8} {_fmt_duration(r['eta_s']):>8} {r['attempts']:>5}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines.append("-" * len(head))
+    lines.append(", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) + f" of {len(rows)} trials")
+    return "\n".join(lines)

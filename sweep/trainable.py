@@ -1,0 +1,164 @@
+"""The Ray Tune function trainable: one grid point = train, test loss, downstream evals, one results row.
+
+Fault tolerance lives in the run directory, not here: every trial trains into `STORAGE/runs/<run_id>/`
+on the storage path, and `models.train.train` resumes from the newest checkpoint it finds there. A trial
+that Tune restarts (worker killed, spot node preempted, `sweep resume` after the driver died) therefore
+simply calls `train` again. Each checkpoint is also reported to Tune as a small pointer checkpoint (the
+run dir and step), so Tune's own bookkeeping knows the trial's progress without copying gigabytes of
+optimizer state a second time.
+
+Files this module writes into the run dir (next to those of `models.train`):
+    attempt.json        host, pid, attempt number, start time of the current attempt (for `sweep status`)
+    eval/<name>.json    one evaluation result per benchmark (skipped on a restart when present)
+    row.json            the final results row, training + evaluation metrics: its presence means FINISHED
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from analysis.io import atomic_write_json, code_version
+
+__all__ = ["run_trial", "train_trial", "run_dir_of", "ROW_FILE", "ATTEMPT_FILE", "train_config_for", "evaluate_run"]
+
+ROW_FILE = "row.json"
+ATTEMPT_FILE = "attempt.json"
+EVAL_DIR = "eval"
+
+
+def run_dir_of(storage: str | Path, run_id: str) -> Path:
+    return Path(storage) / "runs" / run_id
+
+
+def train_config_for(trial: dict[str, Any], sweep: dict[str, Any], run_dir: Path):
+    """The models.train.TrainConfig of one trial: grid point + the grid's shared `train` fields + resources."""
+    from models.train import TrainConfig
+
+    res = sweep["resources"][trial["model"]]
+    fields = dict(
+        units_dir=sweep["units"],
+        model=trial["model"],
+        tokens=int(trial["tokens"]),
+        out_dir=str(run_dir),
+        unique_tokens=trial["unique_tokens"],
+        seed=int(trial["seed"]),
+        workers=int(res["workers"]),
+        gpus_per_worker=float(res["gpus_per_worker"]),
+    )
+    known = set(TrainConfig.__dataclass_fields__)
+    if "cpus_per_worker" in known:
+        fields["cpus_per_worker"] = float(res["cpus_per_worker"])
+    if "threads" in known and not res["gpus_per_worker"] and res["workers"] == 1:
+        # CPU training in the trainable: use exactly the CPUs Tune reserved, so concurrent trials don't fight.
+        fields["threads"] = max(1, int(res["cpus_per_worker"]))
+    fields.update(sweep.get("train") or {})
+    return TrainConfig(**{k: v for k, v in fields.items() if k in known})
+
+
+def _slug(benchmark: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", benchmark.strip("/")).strip("_")[-80:] or "benchmark"
+
+
+def evaluate_run(run_dir: Path, benchmarks: list[str]) -> dict[str, float]:
+    """Run each benchmark once per run dir (results cached in eval/<name>.json) and merge their metric columns."""
+    metrics: dict[str, float] = {}
+    for bench in benchmarks:
+        out = run_dir / EVAL_DIR / f"{_slug(bench)}.json"
+        if out.is_file():
+            result = json.loads(out.read_text())
+        else:
+            from models.evaluation import evaluate
+
+            result = evaluate(str(run_dir), bench)
+            atomic_write_json(out, result)
+        metrics.update({k: float(v) for k, v in result["metrics"].items()})
+    return metrics
+
+
+def _report_to_tune(metrics: dict[str, Any], checkpoint_dir: str | None, storage_is_local: bool) -> None:
+    from ray import tune
+
+    clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and v is not None}
+    if not checkpoint_dir:
+        tune.report(clean)
+        return
+    if storage_is_local:
+        # The checkpoint already lives on shared storage: hand Tune a pointer, not a copy.
+        with tempfile.TemporaryDirectory(prefix="slmscale-ckpt-") as tmp:
+            (Path(tmp) / "pointer.json").write_text(json.dumps({"checkpoint_dir": str(checkpoint_dir)}))
+            tune.report(clean, checkpoint=tune.Checkpoint.from_directory(tmp))
+    else:
+        tune.report(clean, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+
+def _restore_from_tune_checkpoint(run_dir: Path) -> None:
+    """When the run dir is not shared (URI storage), copy Tune's newest checkpoint back into it."""
+    import shutil
+
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return
+    with ckpt.as_directory() as src:
+        src = Path(src)
+        if (src / "pointer.json").is_file():
+            return  # shared storage: the run dir already holds the real checkpoint
+        dest = run_dir / "checkpoints" / src.name
+        if not dest.exists():
+            shutil.copytree(src, dest)
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable. `config = {"trial": Trial.to_dict(), "sweep": launch settings}`.
+
+    Returns None: Tune would report a returned dict a second time."""
+    train_trial(config)
+
+
+def train_trial(config: dict[str, Any]) -> dict[str, Any]:
+    """Body of `run_trial`; returns the trial's results row."""
+    trial, sweep = config["trial"], config["sweep"]
+    run_dir = Path(sweep["run_root"]) / trial["run_id"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    row_path = run_dir / ROW_FILE
+    if row_path.is_file():  # finished in an earlier attempt (e.g. the driver died after the trial ended)
+        row = json.loads(row_path.read_text())
+        _report_to_tune({**row, "done": True}, None, True)
+        return row
+    storage_is_local = bool(sweep.get("storage_is_local", True))
+    if not storage_is_local:
+        _restore_from_tune_checkpoint(run_dir)
+    previous = json.loads((run_dir / ATTEMPT_FILE).read_text()) if (run_dir / ATTEMPT_FILE).is_file() else {}
+    atomic_write_json(
+        run_dir / ATTEMPT_FILE,
+        {"attempt": int(previous.get("attempt", 0)) + 1, "host": socket.gethostname(), "pid": os.getpid(),
+         "started": time.time(), "run_id": trial["run_id"]},
+    )
+
+    from models.train import train
+
+    cfg = train_config_for(trial, sweep, run_dir)
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        _report_to_tune({**metrics, "run_id": trial["run_id"], "phase": "train"}, checkpoint_dir, storage_is_local)
+
+    # With several workers, train() runs a Ray Train TorchTrainer whose controller forwards the workers'
+    # reports to this Tune trial itself; our callback would run in the wrong process.
+    row = dict(train(cfg, report=report if cfg.workers == 1 and not getattr(cfg, "use_ray", False) else None))
+    if sweep.get("eval"):
+        row.update(evaluate_run(run_dir, list(sweep["eval"])))
+    row.setdefault("code_version", code_version())
+    row["run_id"] = trial["run_id"]
+    row["sweep"] = sweep["name"]
+    atomic_write_json(row_path, row)
+    _report_to_tune({**{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}, "done": True},
+                    None, storage_is_local)
+    return row

@@ -17,6 +17,7 @@ import pandas as pd
 
 from analysis.io import SlmscaleError, atomic_write_json, code_version, read_json
 from analysis.schema import write_results
+from models.checkpoint import check_identity, latest_checkpoint
 from models.config import RunPlan, TrainConfig, make_plan
 from models.data import SequenceSampler, load_unit_streams
 from models.ladder import llama_config
@@ -57,6 +58,11 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
                 f"{cfg.units_dir}/meta.json: this unit dataset (hash {units_hash[:12]}) is not the one the run in "
                 f"{run_dir} was started on ({str(info.get('units_meta_hash'))[:12]}); expected the same units"
             )
+
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:  # e.g. checkpoints copied in from a run of another size
+        check_identity(latest, {"model": cfg.model, "n_params": plan.n_params, "vocab_size": plan.vocab_size,
+                                "context": plan.context})
 
     # Data checks (cheap next to training): ids in range, every split non-empty, U available.
     streams = load_unit_streams(cfg.units_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)

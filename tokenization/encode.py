@@ -1,0 +1,290 @@
+"""`encode(manifest, tokenizer, out_dir)`: audio manifest -> unit dataset (contract §2), on Ray Data.
+
+Manifest rows are split into shards of `rows_per_shard` consecutive rows; shard i is `shard-0000i.parquet`.
+The pipeline (tokenization/pipeline.py) streams every pending row through decode tasks and a tokenizer actor
+pool; the driver collects the small unit rows per shard and writes a shard (atomically, rows in manifest order)
+as soon as all of its files are accounted for. A shard file on disk means "done": a rerun after a crash or
+Ctrl-C skips it, so no shard is redone and no row is written twice. Each shard's rejects are written to
+`.rejects/` before the shard itself and merged into `rejects.parquet` at the end, with `meta.json`.
+`encode.json` pins what the directory is being built from (manifest checksum, tokenizer hash, sharding,
+chunking, dedup); resuming with anything different is refused instead of mixing two datasets.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis.io import SlmscaleError, atomic_path, atomic_write_json, code_version, read_json, sha256_file
+
+from .manifest import read_manifest
+from .schema import REJECTS_SCHEMA, UNIT_SHARD_SCHEMA, UnitsMeta, write_meta, write_shard
+from .tokenizer import MIN_SAMPLES, TokenizerSpec, UnitTokenizer, parse_tokenizer
+
+__all__ = ["EncodeConfig", "encode", "shard_name"]
+
+_REJECTS_PARTS = ".rejects"
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    rows_per_shard: int = 1000  # manifest rows (files) per output shard: the unit of resumption
+    chunk_s: float = 60.0  # files longer than this are split into chunks of this length (utt_id#NNNN)
+    dedup: bool = True
+    actors: int | None = None  # default: one per CPU (CPU) or per gpus_per_actor GPUs (GPU)
+    gpus_per_actor: float | None = None  # default: 1 for hubert when the cluster has GPUs, else 0
+    batch_size: int | None = None  # chunks per actor call; default 8 on CPU, 32 on GPU
+    decode_cpus: float = 0.25  # CPU share reserved per decode task (decoding is light next to features)
+
+    def validate(self) -> "EncodeConfig":
+        if not isinstance(self.rows_per_shard, int) or self.rows_per_shard < 1:
+            raise SlmscaleError(f"--rows-per-shard: expected a positive integer, got {self.rows_per_shard!r}")
+        if not self.chunk_s >= 1.0:
+            raise SlmscaleError(f"--chunk-s: expected at least 1 second, got {self.chunk_s!r}")
+        if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
+            raise SlmscaleError(f"--actors: expected a positive integer, got {self.actors!r}")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise SlmscaleError(f"--gpus-per-actor: expected >= 0, got {self.gpus_per_actor!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise SlmscaleError(f"--batch-size: expected a positive integer, got {self.batch_size!r}")
+        if not 0 < self.decode_cpus <= 64:
+            raise SlmscaleError(f"decode_cpus: expected a CPU share in (0, 64], got {self.decode_cpus!r}")
+        return self
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.parquet"
+
+
+def _check_plan(out_dir: Path, plan: dict[str, Any]) -> None:
+    path = out_dir / "encode.json"
+    if path.is_file():
+        old = read_json(path, "encode plan")
+        for key, value in plan.items():
+            if old.get(key) != value:
+                raise SlmscaleError(
+                    f"{path}: this directory is being built with {key}={old.get(key)!r}, but this run has "
+                    f"{key}={value!r}; use a new output directory (or delete {out_dir} to start over)"
+                )
+    else:
+        if any(out_dir.glob("shard-*.parquet")):
+            raise SlmscaleError(f"{out_dir}: holds shards but no encode.json, so they cannot be checked; use an empty directory")
+        atomic_write_json(path, plan)
+
+
+def _resources(spec: TokenizerSpec, cfg: EncodeConfig) -> tuple[int, float, float, int]:
+    """(actors, cpus per actor, gpus per actor, batch size) fitted to the running cluster."""
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
+    gpa = cfg.gpus_per_actor
+    if gpa is None:
+        gpa = 1.0 if (spec.kind == "hubert" and gpus >= 1) else 0.0
+    if gpa > 0:
+        if gpus < gpa:
+            raise SlmscaleError(f"--gpus-per-actor {gpa}: the Ray cluster has {gpus:g} GPU(s)")
+        actors = cfg.actors or max(1, int(gpus // gpa))
+        cpa = max(0.5, min(2.0, (cpus - cfg.decode_cpus) / actors))
+        batch = cfg.batch_size or 32
+    else:
+        actors = cfg.actors or max(1, int(cpus))
+        # the actors share the CPUs left after one decode task, so the two stages never wait on each other
+        cpa = max(0.1, (cpus - cfg.decode_cpus) / actors)
+        batch = cfg.batch_size or 8
+    return actors, cpa, gpa, batch
+
+
+class _ShardCollector:
+    """Driver-side bookkeeping: which files of which shard are done, and the rows to write."""
+
+    def __init__(self, out_dir: Path, pending: dict[int, list[int]], provenance: dict[str, str]):
+        self.out_dir = out_dir
+        self.waiting = {s: set(rows) for s, rows in pending.items()}  # shard -> rows not yet accounted for
+        self.chunks: dict[int, dict[int, dict]] = {}  # row -> chunk index -> result row
+        self.rows: dict[int, list[dict]] = {s: [] for s in pending}  # finished unit rows per shard
+        self.rejects: dict[int, list[dict]] = {s: [] for s in pending}
+        self.finished_rows: set[int] = set()
+        self.provenance = provenance
+
+    def add(self, r: dict) -> int:
+        """Take one result row; returns the number of files this completed (0 or 1)."""
+        row, shard = r["row"], r["shard"]
+        if row in self.finished_rows or shard not in self.waiting:
+            return 0  # a late chunk of a file that already failed
+        if r["reason"]:
+            self.rejects[shard].append({"source": r["path"], "reason": r["reason"],
+                                        "detail": f"utt_id={r['utt_id']}: {r['detail']}", "_row": row})
+            self.chunks.pop(row, None)
+            return self._finish_file(row, shard)
+        got = self.chunks.setdefault(row, {})
+        got[r["chunk"]] = r
+        if len(got) < r["n_chunks"]:
+            return 0
+        for c in sorted(got):
+            unit_row = {k: got[c][k] for k in UNIT_SHARD_SCHEMA.names}
+            if got[c]["n_chunks"] > 1:
+                unit_row["utt_id"] = f"{got[c]['utt_id']}#{c:04d}"
+            unit_row["_row"] = row
+            self.rows[shard].append(unit_row)
+        del self.chunks[row]
+        return self._finish_file(row, shard)
+
+    def _finish_file(self, row: int, shard: int) -> int:
+        self.finished_rows.add(row)
+        self.waiting[shard].discard(row)
+        if not self.waiting[shard]:
+            self._write(shard)
+        return 1
+
+    def _write(self, shard: int) -> None:
+        rejects = sorted(self.rejects.pop(shard), key=lambda x: x.pop("_row"))
+        with atomic_path(self.out_dir / _REJECTS_PARTS / shard_name(shard), suffix=".parquet") as tmp:
+            pq.write_table(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), tmp)
+        rows = sorted(self.rows.pop(shard), key=lambda x: (x.pop("_row"), x["utt_id"]))
+        table = pa.Table.from_pylist(rows, schema=UNIT_SHARD_SCHEMA).replace_schema_metadata(
+            {f"slmscale.{k}": str(v) for k, v in self.provenance.items()}
+        )
+        write_shard(self.out_dir / shard_name(shard), table)  # last: its existence marks the shard done
+        del self.waiting[shard]
+
+    @property
+    def unfinished(self) -> list[int]:
+        return sorted(self.waiting)
+
+
+def _run_pipeline(manifest: pa.Table, pending: dict[int, list[int]], spec: TokenizerSpec, cfg: EncodeConfig,
+                  collector: _ShardCollector, progress: bool) -> dict[str, Any]:
+    import ray
+    from tqdm.auto import tqdm
+
+    from .pipeline import UnitActor, decode_row
+    from .ray_utils import ensure_ray
+
+    ensure_ray()
+    actors, cpa, gpa, batch = _resources(spec, cfg)
+    rows = sorted(r for rs in pending.values() for r in rs)
+    shard_of = {r: s for s, rs in pending.items() for r in rs}
+    table = manifest.take(pa.array(rows, pa.int64())).select(["utt_id", "path", "source", "sha256"])
+    table = table.append_column("row", pa.array(rows, pa.int64())).append_column(
+        "shard", pa.array([shard_of[r] for r in rows], pa.int64()))
+    # Small blocks so that decoding spreads over tasks and one slow file does not hold back many others.
+    per_block = max(1, min(64, math.ceil(len(rows) / max(4 * actors, 1))))
+    blocks = [table.slice(i, per_block) for i in range(0, len(rows), per_block)]
+
+    ctx = ray.data.DataContext.get_current()
+    saved_bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = False  # our own tqdm below counts files, which is what users care about
+    try:
+        ds = ray.data.from_arrow(blocks)
+        ds = ds.flat_map(decode_row, fn_kwargs={"chunk_s": cfg.chunk_s, "min_samples": MIN_SAMPLES},
+                         num_cpus=cfg.decode_cpus)
+        ds = ds.map_batches(
+            UnitActor,
+            fn_constructor_kwargs={"spec": spec, "dedup": cfg.dedup, "threads": max(1, int(round(cpa)))},
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            batch_size=batch,
+            batch_format="numpy",
+            num_cpus=cpa,
+            num_gpus=gpa,
+            zero_copy_batch=True,
+        )
+        with tqdm(total=len(rows), desc="encoding", unit="file", disable=not progress) as bar:
+            for out in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
+                for r in out.to_pylist():
+                    bar.update(collector.add(r))
+    finally:
+        ctx.enable_progress_bars = saved_bars
+    return {"actors": actors, "cpus_per_actor": round(cpa, 3), "gpus_per_actor": gpa, "batch_size": batch}
+
+
+def _merge_rejects(out_dir: Path, n_shards: int) -> int:
+    parts = [out_dir / _REJECTS_PARTS / shard_name(i) for i in range(n_shards)]
+    tables = [pq.read_table(p) for p in parts if p.is_file()]
+    table = pa.concat_tables(tables).cast(REJECTS_SCHEMA) if tables else REJECTS_SCHEMA.empty_table()
+    with atomic_path(out_dir / "rejects.parquet", suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    return len(table)
+
+
+def _counts(out_dir: Path, n_shards: int, n_files: int, n_rejected: int) -> dict[str, Any]:
+    utts = units = frames = 0
+    seconds = 0.0
+    for i in range(n_shards):
+        t = pq.read_table(out_dir / shard_name(i), columns=["n_units", "n_frames", "duration_s"])
+        utts += len(t)
+        units += int(pa.compute.sum(t["n_units"]).as_py() or 0)
+        frames += int(pa.compute.sum(t["n_frames"]).as_py() or 0)
+        seconds += float(pa.compute.sum(t["duration_s"]).as_py() or 0.0)
+    return {"files": n_files, "encoded_files": n_files - n_rejected, "rejected": n_rejected, "utterances": utts,
+            "units": units, "frames": frames, "hours": seconds / 3600.0, "shards": n_shards}
+
+
+def encode(
+    manifest: str | Path,
+    tokenizer: str,
+    out_dir: str | Path,
+    *,
+    layer: int | None = None,
+    kmeans: str | Path | None = None,
+    actors: int | None = None,
+    gpus_per_actor: float | None = None,
+    dedup: bool = True,
+    rows_per_shard: int = 1000,
+    chunk_s: float = 60.0,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> UnitsMeta:
+    """Encode every file of `manifest` with `tokenizer` ("mfcc" or "hubert:DIR") into the unit dataset `out_dir`.
+
+    Resumable: finished shards are kept and skipped. Returns the written meta.json. Files that cannot be
+    encoded are listed in rejects.parquet with their reason; files in = encoded + rejected.
+    """
+    cfg = EncodeConfig(rows_per_shard=rows_per_shard, chunk_s=float(chunk_s), dedup=bool(dedup), actors=actors,
+                       gpus_per_actor=gpus_per_actor, batch_size=batch_size).validate()
+    manifest = Path(manifest)
+    table = read_manifest(manifest)
+    if len(table) == 0:
+        raise SlmscaleError(f"{manifest}: the manifest has no rows; nothing to encode")
+    spec = parse_tokenizer(tokenizer, layer=layer, kmeans=kmeans, device="cpu")
+    probe = UnitTokenizer(spec)  # on the driver only for the hash and info; actors load their own copy
+    info = probe.info()
+    vocab_size = probe.vocab_size
+    del probe
+    actor_spec = TokenizerSpec(kind=spec.kind, model_dir=spec.model_dir, layer=spec.layer, kmeans=spec.kmeans,
+                               device=None if (gpus_per_actor or 0) > 0 or gpus_per_actor is None else "cpu")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_sha = sha256_file(manifest)
+    _check_plan(out_dir, {"manifest_sha256": manifest_sha, "tokenizer_hash": info["hash"],
+                          "rows_per_shard": cfg.rows_per_shard, "chunk_s": cfg.chunk_s, "dedup": cfg.dedup})
+
+    n_rows = len(table)
+    n_shards = math.ceil(n_rows / cfg.rows_per_shard)
+    pending = {s: list(range(s * cfg.rows_per_shard, min(n_rows, (s + 1) * cfg.rows_per_shard)))
+               for s in range(n_shards) if not (out_dir / shard_name(s)).is_file()}
+    provenance = {"tokenizer": info["id"], "tokenizer_hash": info["hash"], "layer": info["layer"],
+                  "vocab_size": vocab_size, "frame_rate_hz": info["frame_rate_hz"], "dedup": cfg.dedup,
+                  "manifest_sha256": manifest_sha, "code_version": code_version()}
+    run_info: dict[str, Any] = {}
+    if pending:
+        collector = _ShardCollector(out_dir, pending, provenance)
+        run_info = _run_pipeline(table, pending, actor_spec, cfg, collector, progress)
+        if collector.unfinished:  # every row yields a result or a reject, so this is a bug, not bad input
+            raise RuntimeError(f"encode: shards {collector.unfinished[:5]} did not receive all their rows")
+    n_rejected = _merge_rejects(out_dir, n_shards)
+    meta = UnitsMeta(
+        vocab_size=vocab_size,
+        tokenizer=info,
+        dedup=cfg.dedup,
+        counts=_counts(out_dir, n_shards, n_rows, n_rejected),
+        code_version=code_version(),
+        extra={"manifest": str(manifest.resolve()), "manifest_sha256": manifest_sha, "encode": asdict(cfg),
+               "resources": run_info},
+    )
+    write_meta(out_dir, meta)
+    return meta

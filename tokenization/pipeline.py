@@ -1,0 +1,127 @@
+"""The two Ray Data stages of `encode`: decoding (stateless tasks) and unit assignment (an actor pool).
+
+    manifest rows --flat_map(decode_row) [tasks]--> 16 kHz chunks --map_batches(UnitActor) [actors]--> unit rows
+
+`decode_row` turns one manifest row into one row per chunk (or one reject row). `UnitActor` loads the
+tokenizer once in its constructor (the HuBERT weights stay on the actor's GPU), and turns a batch of chunks
+into unit rows. A failure on one chunk becomes that chunk's reject, never the batch's.
+Both stages pass the bookkeeping columns `row, shard, chunk, n_chunks` through so the driver can tell when a
+shard is complete.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["decode_row", "UnitActor", "RESULT_SCHEMA"]
+
+_PASS = ("row", "shard", "utt_id", "source", "sha256")
+
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("row", pa.int64()),
+        pa.field("shard", pa.int64()),
+        pa.field("chunk", pa.int32()),
+        pa.field("n_chunks", pa.int32()),
+        pa.field("utt_id", pa.string()),
+        pa.field("units", pa.list_(pa.uint16())),
+        pa.field("durations", pa.list_(pa.uint16())),
+        pa.field("n_frames", pa.int32()),
+        pa.field("n_units", pa.int32()),
+        pa.field("duration_s", pa.float32()),
+        pa.field("source", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("reason", pa.string()),  # "" when encoded
+        pa.field("detail", pa.string()),
+    ]
+)
+
+
+def decode_row(row: dict[str, Any], chunk_s: float, min_samples: int) -> Iterator[dict[str, Any]]:
+    from .audio import AudioReject, decode_chunks
+
+    base = {k: row.get(k) for k in _PASS}
+    base["path"] = row["path"]
+    try:
+        for chunk in decode_chunks(row["path"], chunk_s=chunk_s, min_samples=min_samples):
+            yield {**base, "chunk": chunk.index, "n_chunks": chunk.n_chunks, "wav": chunk.wav, "reason": "", "detail": ""}
+    except AudioReject as rej:
+        yield {**base, "chunk": 0, "n_chunks": 1, "wav": np.zeros(0, np.float32), "reason": rej.reason, "detail": rej.detail}
+    except Exception as exc:  # an unexpected decoder failure is this file's problem, not the corpus'
+        yield {**base, "chunk": 0, "n_chunks": 1, "wav": np.zeros(0, np.float32), "reason": "decode_error",
+               "detail": f"{type(exc).__name__}: {exc}"}
+
+
+class UnitActor:
+    """Holds one tokenizer for its lifetime; `__call__` maps a batch of decoded chunks to unit rows."""
+
+    def __init__(self, spec, dedup: bool = True, threads: int | None = None):
+        from .tokenizer import UnitTokenizer
+
+        if threads:
+            if spec.kind == "hubert":  # mfcc is numpy only: importing torch would cost seconds per actor
+                import torch
+
+                torch.set_num_threads(threads)
+            try:
+                from threadpoolctl import threadpool_limits
+
+                threadpool_limits(threads)
+            except ImportError:  # optional: numpy BLAS then uses its default thread count
+                pass
+        self.tokenizer = UnitTokenizer(spec)
+        self.dedup = dedup
+        self.frame_rate = self.tokenizer.frame_rate_hz
+
+    def _rows(self, batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+        return {
+            "row": int(batch["row"][i]), "shard": int(batch["shard"][i]), "chunk": int(batch["chunk"][i]),
+            "n_chunks": int(batch["n_chunks"][i]), "utt_id": str(batch["utt_id"][i]), "source": _s(batch["source"][i]),
+            "sha256": _s(batch["sha256"][i]), "path": str(batch["path"][i]),
+        }
+
+    def _encoded(self, meta: dict, frame_units: np.ndarray, n_samples: int) -> dict:
+        from .dedup import collapse_runs
+
+        if self.dedup:
+            units, durations = collapse_runs(frame_units)
+        else:
+            units, durations = frame_units.astype(np.uint16), np.ones(len(frame_units), np.uint16)
+        return {**meta, "units": units, "durations": durations, "n_frames": len(frame_units), "n_units": len(units),
+                "duration_s": n_samples / 16000.0, "reason": "", "detail": ""}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        n = len(batch["row"])
+        out: list[dict | None] = [None] * n
+        todo = []
+        for i in range(n):
+            meta = self._rows(batch, i)
+            reason = str(batch["reason"][i])
+            if reason:
+                out[i] = {**meta, "units": None, "durations": None, "n_frames": 0, "n_units": 0, "duration_s": 0.0,
+                          "reason": reason, "detail": str(batch["detail"][i])}
+            else:
+                todo.append((i, meta, np.asarray(batch["wav"][i], dtype=np.float32)))
+        if todo:
+            try:
+                frame_units = self.tokenizer.frame_units([w for _, _, w in todo])
+                for (i, meta, w), fu in zip(todo, frame_units):
+                    out[i] = self._encoded(meta, fu, len(w))
+            except Exception:  # retry one by one so that only the chunk that fails is rejected
+                for i, meta, w in todo:
+                    try:
+                        out[i] = self._encoded(meta, self.tokenizer.frame_units([w])[0], len(w))
+                    except Exception as exc:
+                        out[i] = {**meta, "units": None, "durations": None, "n_frames": 0, "n_units": 0,
+                                  "duration_s": 0.0, "reason": "encode_error", "detail": f"{type(exc).__name__}: {exc}"}
+        return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
+
+
+def _s(value) -> str | None:
+    if value is None:
+        return None
+    value = str(value)
+    return None if value in ("None", "nan") else value

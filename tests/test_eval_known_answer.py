@@ -1,0 +1,158 @@
+"""Known answers end to end through `evaluate()`: a model trained (models.train) on a corpus where the correct
+member of every pair is frequent and the incorrect one never occurs scores far above chance; the same benchmark
+under a random-init model scores near 0.5; units from another tokenizer are refused; results are merged."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import soundfile as sf
+
+from analysis.io import SlmscaleError
+from models.evaluation import evaluate
+from tokenization.schema import UnitsMeta, write_meta, write_shard
+
+K = 32
+TOKENIZER = {"kind": "mfcc", "hash": "tok-A", "layer": None, "frame_rate_hz": 100.0}
+PHENOMENA = ("agreement", "word_order")
+VOICES = ("v1", "v2")
+
+
+def _write_units(units_dir: Path, utterances: dict[str, list[int]], tokenizer=TOKENIZER) -> Path:
+    ids = sorted(utterances)
+    table = pa.table({
+        "utt_id": ids,
+        "units": [utterances[i] for i in ids],
+        "durations": [[1] * len(utterances[i]) for i in ids],
+        "n_frames": [len(utterances[i]) for i in ids],
+        "n_units": [len(utterances[i]) for i in ids],
+        "duration_s": [len(utterances[i]) / 100.0 for i in ids],
+        "source": ["test"] * len(ids),
+        "sha256": [""] * len(ids),
+    })
+    write_shard(units_dir / "shard-00000.parquet", table)
+    write_meta(units_dir, UnitsMeta(vocab_size=K, tokenizer=dict(tokenizer), dedup=True,
+                                    counts={"utterances": len(ids)}))
+    return units_dir
+
+
+@pytest.fixture(scope="module")
+def pairs_benchmark(tmp_path_factory):
+    """An sBLIMP-layout folder (gold.csv + tiny WAVs) of 24 pairs x 2 voices, plus its unit dataset.
+
+    Every pair is two random unit sequences differing in two positions; which one is 'correct' is a coin flip,
+    so a model that knows nothing about them is at chance in expectation."""
+    root = tmp_path_factory.mktemp("bench")
+    split = root / "syntactic" / "dev"
+    split.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    rows, units, correct_seqs = [], {}, []
+    for pair in range(24):
+        base = rng.integers(0, K, size=12)
+        other = base.copy()
+        pos = rng.choice(12, size=2, replace=False)
+        other[pos] = (other[pos] + rng.integers(1, K, size=2)) % K
+        good, bad = (base, other) if rng.random() < 0.5 else (other, base)
+        correct_seqs.append(good.tolist())
+        for v in VOICES:
+            for label, seq in ((1, good), (0, bad)):
+                name = f"p{pair}_{v}_{label}"
+                rows.append(f"{pair},{name},{PHENOMENA[pair % 2]},s,{label},x,{v}")
+                units[name] = seq.tolist()
+                sf.write(split / f"{name}.wav", np.zeros(160, np.float32), 16000)
+    (split / "gold.csv").write_text("id,filename,type,subtype,correct,transcription,voice\n" + "\n".join(rows) + "\n")
+    bench_units = _write_units(root / "units", units)
+    return split, bench_units, correct_seqs
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, pairs_benchmark):
+    """models.train on a corpus: each correct sequence 40 times, plus random filler; incorrect ones never."""
+    from models.config import TrainConfig
+    from models.train import train
+
+    _, _, correct_seqs = pairs_benchmark
+    root = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(2)
+    corpus = {}
+    for i, seq in enumerate(correct_seqs):
+        for r in range(40):
+            corpus[f"c{i:02d}_{r:02d}"] = seq
+    for j in range(200):
+        corpus[f"f{j:03d}"] = rng.integers(0, K, size=int(rng.integers(4, 16))).tolist()
+    units = _write_units(root / "units", corpus)
+    cfg = TrainConfig(units_dir=str(units), model="tiny-100K", out_dir=str(root / "run"), tokens=32_000,
+                      lr=3e-3, min_lr=3e-4, val_fraction=0.05, test_fraction=0.05, eval_tokens=2048,
+                      test_tokens=2048, progress=False, threads=2, report_every=10_000, eval_every=10_000, checkpoint_every=10_000)
+    train(cfg)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory):
+    """A random-init model saved in the RUN_DIR layout (model/ + run.json), as models.train would."""
+    import torch
+
+    from models.ladder import build_model
+
+    run = tmp_path_factory.mktemp("random") / "run"
+    torch.manual_seed(123)
+    build_model("tiny-100K", K).save_pretrained(run / "model")
+    (run / "run.json").write_text(json.dumps({"tokenizer": "mfcc", "tokenizer_hash": TOKENIZER["hash"],
+                                              "units_vocab_size": K, "eos_id": K, "pad_id": K + 1}))
+    return run
+
+
+def test_trained_model_prefers_frequent_member(trained_run, pairs_benchmark):
+    split, bench_units, _ = pairs_benchmark
+    result = evaluate(trained_run, split, units_dir=bench_units, progress=False, batch_size=16)
+    assert result["metrics"]["sblimp_macro"] > 0.85, result["details"]
+    assert result["metrics"]["sblimp_pair"] > 0.85
+    assert set(result["details"]["by_phenomenon"]) == set(PHENOMENA)
+    assert result["details"]["n_voice_pairs"] == 48
+    assert "mean NLL per unit" in result["convention"] and "ties count 0.5" in result["convention"]
+    # the JSON is written and the metric columns are merged into the run's own results row
+    assert (trained_run / "eval").is_dir() and list((trained_run / "eval").glob("*.json"))
+    row = pd.read_parquet(trained_run / "results.parquet").iloc[0]
+    assert row["sblimp_macro"] == pytest.approx(result["metrics"]["sblimp_macro"])
+    # summed NLL gives the same verdicts here (the two members have equal length)
+    summed = evaluate(trained_run, split, units_dir=bench_units, score="sum", progress=False, write=False)
+    assert summed["metrics"] == result["metrics"] and "score=sum" in summed["convention"]
+
+
+def test_random_init_model_is_near_chance(random_run, pairs_benchmark):
+    split, bench_units, _ = pairs_benchmark
+    result = evaluate(random_run, split, units_dir=bench_units, progress=False)
+    assert 0.3 <= result["metrics"]["sblimp_pair"] <= 0.7, result["details"]
+    assert 0.25 <= result["metrics"]["sblimp_macro"] <= 0.75
+
+
+def test_units_from_another_tokenizer_are_refused(random_run, pairs_benchmark, tmp_path):
+    split, bench_units, _ = pairs_benchmark
+    other = _write_units(tmp_path / "other", {"x": [1, 2]}, tokenizer={**TOKENIZER, "hash": "tok-B"})
+    with pytest.raises(SlmscaleError, match=r"tokenizer hash tok-B.*trained on units of tokenizer hash tok-A"):
+        evaluate(random_run, split, units_dir=other, progress=False)
+
+
+def test_cli_json_and_results_merge(random_run, pairs_benchmark, tmp_path, capsys):
+    from sweep.cli import main
+
+    split, bench_units, _ = pairs_benchmark
+    table = tmp_path / "results.csv"
+    pd.DataFrame({"run_id": ["other", random_run.name], "n_params": [1.0, 2.0], "tokens": [3.0, 4.0],
+                  "loss": [5.0, 6.0]}).to_csv(table, index=False)
+    rc = main(["eval", "--model", str(random_run), "--benchmark", str(split), "--units", str(bench_units),
+               "--results", str(table), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    merged = pd.read_csv(table)
+    assert merged.loc[merged.run_id == random_run.name, "sblimp_macro"].item() == pytest.approx(out["metrics"]["sblimp_macro"])
+    assert merged.loc[merged.run_id == "other", "sblimp_macro"].isna().item()
+    assert merged["loss"].tolist() == [5.0, 6.0]
+    # a benchmark folder in the wrong layout: one-line error, exit code 2
+    assert main(["eval", "--model", str(random_run), "--benchmark", str(tmp_path)]) == 2
+    assert "expected <question>_correct.wav" in capsys.readouterr().err

@@ -81,6 +81,10 @@ class HubertExtractor:
         # Keep only the layers that feed layer L (post-norm HuBERT-base style: hidden_states[L] is layer L's output).
         if not config.do_stable_layer_norm:
             config.num_hidden_layers = max(self.layer, 1)
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the dropped upper layers are reported as "unexpected" weights: expected
         try:
             model = HubertModel.from_pretrained(root, config=config, local_files_only=True, attn_implementation="sdpa",
                                                 dtype=self.dtype)
@@ -88,6 +92,8 @@ class HubertExtractor:
             model = HubertModel.from_pretrained(root, config=config, local_files_only=True, dtype=self.dtype)
         except OSError as exc:
             raise SlmscaleError(f"hubert checkpoint {root}: could not load weights: {exc}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
         self.model = model.eval().to(self.device)
         self._forward = self.model
         if compile is None:

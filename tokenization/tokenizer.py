@@ -19,7 +19,7 @@ from analysis.io import SlmscaleError
 
 from .kmeans import Codebook, codebook_paths, load_codebook
 
-__all__ = ["TokenizerSpec", "UnitTokenizer", "load_tokenizer", "parse_tokenizer", "MFCC_CODEBOOK", "MIN_SAMPLES"]
+__all__ = ["TokenizerSpec", "UnitTokenizer", "load_tokenizer", "parse_tokenizer", "make_extractor", "MFCC_CODEBOOK", "MIN_SAMPLES"]
 
 MFCC_CODEBOOK = Path(__file__).resolve().parent / "data" / "mfcc_k100"
 MIN_SAMPLES = 400  # one 25 ms window at 16 kHz; also HuBERT's conv receptive field
@@ -67,24 +67,27 @@ def _check_compatible(codebook: Codebook, features: dict, where: str) -> None:
                                 f"but the tokenizer produces {key}={features[key]!r}")
 
 
+def make_extractor(spec: TokenizerSpec):
+    """The feature extractor of a spec (MfccExtractor or HubertExtractor)."""
+    if spec.kind == "mfcc":
+        from .mfcc import MfccExtractor
+
+        return MfccExtractor()
+    from .hubert import HubertExtractor
+
+    return HubertExtractor(spec.model_dir, layer=spec.layer, device=spec.device)
+
+
 class UnitTokenizer:
     """Waveforms (16 kHz mono float32) -> per-frame unit ids (uint16), before deduplication."""
 
     def __init__(self, spec: TokenizerSpec):
         self.spec = spec.validate()
-        if spec.kind == "mfcc":
-            from .mfcc import MfccExtractor
-
-            self.extractor = MfccExtractor()
-            kmeans_path = spec.kmeans or str(MFCC_CODEBOOK)
-        else:
-            from .hubert import HubertExtractor
-
-            self.extractor = HubertExtractor(spec.model_dir, layer=spec.layer, device=spec.device)
-            if not spec.kmeans:
-                raise SlmscaleError(f"--kmeans: hubert tokenizer {spec.model_dir} needs a k-means codebook "
-                                    "(fit one with `slmscale tokenize fit-kmeans` or convert one with `import-kmeans`)")
-            kmeans_path = spec.kmeans
+        if spec.kind == "hubert" and not spec.kmeans:
+            raise SlmscaleError(f"--kmeans: hubert tokenizer {spec.model_dir} needs a k-means codebook "
+                                "(fit one with `slmscale tokenize fit-kmeans` or convert one with `import-kmeans`)")
+        self.extractor = make_extractor(spec)
+        kmeans_path = spec.kmeans or str(MFCC_CODEBOOK)
         self.codebook = load_codebook(kmeans_path)
         self.kmeans_path = str(codebook_paths(kmeans_path)[0])
         if self.codebook.dim != self.extractor.dim:

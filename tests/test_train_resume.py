@@ -33,7 +33,7 @@ def units(tmp_path_factory):
 
 def _cfg(units, out, **kw):
     base = dict(units_dir=str(units), model="tiny-100K", out_dir=str(out), tokens=512 * 2 * K, lr=2e-3,
-                checkpoint_every=K, report_every=2, eval_every=4, progress=False)
+                checkpoint_every=K, report_every=2, eval_every=4, threads=1, progress=False)
     return TrainConfig(**{**base, **kw})
 
 

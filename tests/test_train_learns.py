@@ -1,0 +1,96 @@
+"""One complete tiny run: the loop learns a learnable unit stream, and RUN_DIR holds what the contract says."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from analysis.schema import read_results
+from models.checkpoint import load_model
+from models.data import eval_sequences, load_unit_streams
+from models.loop import WarmupCosine
+from models.synthetic_units import write_pattern_units
+from models.train import TrainConfig, train
+from tokenization.schema import meta_hash
+
+N_UNITS = 50
+STEPS = 60
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("learn")
+    units = write_pattern_units(root / "units", n_units=N_UNITS, n_utterances=400, seed=2)
+    cfg = TrainConfig(units_dir=str(units), model="tiny-100K", out_dir=str(root / "run"), tokens=512 * STEPS + 100,
+                      unique_tokens=64 * 100 + 5, lr=3e-3, min_lr=3e-4, warmup_steps=5, report_every=10,
+                      threads=1, progress=False)
+    reports = []
+    row = train(cfg, report=lambda m, c: reports.append((m, c)))
+    return cfg, row, reports
+
+
+def test_loss_falls_well_below_chance(run):
+    cfg, row, reports = run
+    chance = math.log(N_UNITS)
+    assert reports[0][0]["train_loss"] > 0.8 * chance  # starts near guessing
+    assert row["loss"] < 0.35 * chance, row["loss"]  # held-out test loss
+    assert row["val_loss"] < 0.35 * chance
+
+
+def test_results_row_counts_and_provenance(run):
+    cfg, row, _ = run
+    df = read_results(f"{cfg.out_dir}/results.parquet")
+    assert len(df) == 1
+    got = df.iloc[0]
+    assert got["tokens"] == 512 * STEPS  # budget rounded down to whole updates, exactly
+    assert got["unique_tokens"] == 6400  # U rounded down to whole sequences of 64
+    assert got["epochs"] == pytest.approx(512 * STEPS / 6400)
+    assert got["n_params"] == 110_144  # tiny-100K over 50 units + EOS + pad
+    assert got["flops"] == 6 * got["n_params"] * got["tokens"]
+    assert got["flops_exact"] == (6 * got["n_params"] + 12 * 2 * 64 * 64) * got["tokens"]
+    assert got["units_meta_hash"] == meta_hash(cfg.units_dir) and got["tokenizer_hash"].startswith("synthetic-patterns")
+    assert got["seed"] == 0 and got["code_version"].startswith("slmscale")
+    assert json.loads(got["model_config"])["vocab_size"] == N_UNITS + 2
+    assert got["tokens_per_s"] > 0 and np.isnan(got["mfu"])  # CPU: no known peak
+    assert {k: row[k] for k in ("tokens", "loss")} == {"tokens": got["tokens"], "loss": got["loss"]}
+
+
+def test_metrics_and_reports(run):
+    cfg, _, reports = run
+    lines = [json.loads(ln) for ln in open(f"{cfg.out_dir}/metrics.jsonl")]
+    steps = [m["step"] for m in lines]
+    assert steps == [m["step"] for m, _ in reports]
+    # a report every 10 updates and at every checkpoint (default: every STEPS // 10 = 6 updates)
+    assert steps == sorted({s for s in range(1, STEPS + 1) if s % 10 == 0 or s % 6 == 0})
+    for m in lines:
+        assert m["tokens"] == m["step"] * 512 and m["flops_6nd"] == 6 * 110_144 * m["tokens"]
+        assert m["flops_exact"] > m["flops_6nd"] and m["tokens_per_s"] > 0
+    assert lines[-1]["val_loss"] is not None
+    assert reports[-1][1] is not None and reports[-1][1].endswith(f"step-{STEPS:07d}")  # last report carries the checkpoint
+
+
+def test_run_json_and_load_model_reproduce_the_test_loss(run):
+    cfg, row, _ = run
+    info = json.load(open(f"{cfg.out_dir}/run.json"))
+    assert (info["eos_id"], info["pad_id"], info["units_vocab_size"]) == (N_UNITS, N_UNITS + 1, N_UNITS)
+    model, run_info = load_model(cfg.out_dir)
+    assert run_info["finished"] and run_info["tokenizer_hash"] == info["tokenizer_hash"]
+    streams = load_unit_streams(cfg.units_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    ids, mask = eval_sequences(streams.test, 64, None, streams.pad_id)
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(ids)).logits[:, :-1]
+    ce = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(ids[:, 1:]).flatten(), reduction="none")
+    m = torch.from_numpy(mask[:, 1:]).flatten()
+    assert float((ce * m).sum() / m.sum()) == pytest.approx(row["loss"], rel=1e-4)
+
+
+def test_warmup_cosine_schedule():
+    f = WarmupCosine(warmup=4, total=20, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0) and f(20) == pytest.approx(0.1)
+    values = [f(s) for s in range(4, 21)]
+    assert all(a >= b for a, b in zip(values, values[1:]))

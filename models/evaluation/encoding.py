@@ -36,16 +36,20 @@ def tokenizer_spec(run_info: dict[str, Any]) -> dict[str, Any]:
 
     spec: dict[str, Any] = {}
     units_dir = run_info.get("units_dir")
+    source = "run.json tokenizer_info"
     if units_dir and (Path(units_dir) / "meta.json").is_file():
-        spec = dict(read_meta(units_dir).tokenizer)
+        meta = read_meta(units_dir)
+        spec, source = {**meta.tokenizer, "dedup": meta.dedup}, f"{units_dir}/meta.json"
+    elif run_info.get("tokenizer_info"):
+        spec = dict(run_info["tokenizer_info"])
     spec.setdefault("id", run_info.get("tokenizer"))
     expected = run_info.get("tokenizer_hash")
     if not expected:
         raise SlmscaleError("run.json: field 'tokenizer_hash' is missing; cannot check the benchmark's tokenization")
     if spec.get("hash") and spec["hash"] != expected:
         raise SlmscaleError(
-            f"{units_dir}/meta.json: tokenizer hash {spec['hash']} differs from run.json tokenizer_hash {expected}; "
-            "the run directory and its unit dataset disagree"
+            f"{source}: tokenizer hash {spec['hash']} differs from run.json tokenizer_hash {expected}; "
+            "the run directory and the tokenizer it records disagree"
         )
     spec["hash"] = expected
     return spec
@@ -103,10 +107,19 @@ def encode_benchmark(bench: Benchmark, run_info: dict[str, Any], cache_dir: str 
     if (out / "meta.json").is_file():
         check_units_match(out, run_info)
         return out
-    try:
-        from tokenization.encode import encode
-    except ImportError as exc:
-        raise SlmscaleError(f"encoding benchmark audio needs tokenization.encode, which is not available: {exc}") from None
+    from tokenization.encode import encode
+    from tokenization.tokenizer import load_tokenizer
+
+    kwargs = _encode_kwargs(spec)
+    # Refuse before spending compute: the tokenizer we can build here must be the one the model was trained on.
+    have = load_tokenizer(kwargs["tokenizer"], layer=kwargs.get("layer"), kmeans=kwargs.get("kmeans"), device="cpu").hash
+    if have != spec["hash"]:
+        raise SlmscaleError(
+            f"tokenizer {kwargs['tokenizer']!r} (kmeans {kwargs.get('kmeans') or 'shipped'}) has hash {have}, but the "
+            f"model was trained on units of tokenizer hash {spec['hash']}; scores across tokenizers are meaningless "
+            "— make the model's tokenizer (checkpoint, layer and k-means codebook) available at the paths in its "
+            "unit dataset's meta.json, or pass --units with the benchmark encoded by it"
+        )
     work = out.with_name(f".{out.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -116,7 +129,7 @@ def encode_benchmark(bench: Benchmark, run_info: dict[str, Any], cache_dir: str 
     if rejects:
         raise SlmscaleError(f"{bench.root}: {len(rejects)} benchmark file(s) unreadable, first: {rejects[0]}")
     manifest = write_manifest(rows, work / "manifest.parquet")
-    encode(manifest, **_encode_kwargs(spec), out_dir=work / "units")
+    encode(manifest, out_dir=work / "units", progress=progress, **kwargs)
     check_units_match(work / "units", run_info)  # the hash the encoder produced must be the model's
     atomic_write_json(work / "units" / "benchmark.json", {"task": bench.task, "name": bench.name,
                                                           "root": str(bench.root), "fingerprint": bench.fingerprint()})
@@ -133,9 +146,12 @@ def _encode_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
     tokenizer = spec.get("id") or kind
     if kind == "hubert" and spec.get("model") and not str(tokenizer).startswith("hubert:"):
         tokenizer = f"hubert:{spec['model']}"
-    kwargs: dict[str, Any] = {"tokenizer": tokenizer}
+    kwargs: dict[str, Any] = {"tokenizer": tokenizer, "dedup": bool(spec.get("dedup", True))}
     if spec.get("layer") is not None:
         kwargs["layer"] = spec["layer"]
-    if spec.get("kmeans"):
-        kwargs["kmeans"] = spec["kmeans"]
+    kmeans = spec.get("kmeans")
+    if kmeans and (Path(kmeans).exists() or kind != "mfcc"):
+        # mfcc falls back to the codebook shipped with the package when the recorded path is gone (another
+        # machine); the hash check after encoding still guarantees it is the same codebook
+        kwargs["kmeans"] = kmeans
     return kwargs

@@ -1,0 +1,69 @@
+"""The audio path: embedded benchmark (espeak-ng TTS, official layouts) -> tokenization.encode (Ray Data, mfcc)
+-> cached units -> scores; a model recorded with another tokenizer hash is refused."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from analysis.io import SlmscaleError
+from models.evaluation import evaluate
+from models.evaluation.benchmarks import load_benchmark
+from models.evaluation.embedded import ensure_embedded, sblimp_pairs, storycloze_questions
+
+pytestmark = pytest.mark.ray
+
+
+def _random_run(root: Path, tokenizer_hash: str | None = None) -> Path:
+    """A random-init model in the RUN_DIR layout whose run.json records the mfcc tokenizer (or another hash:
+    a model trained on units of a tokenizer this machine cannot rebuild)."""
+    import torch
+
+    from models.ladder import build_model
+    from tokenization.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("mfcc")
+    k = tok.vocab_size
+    torch.manual_seed(0)
+    build_model("tiny-100K", k).save_pretrained(root / "model")
+    (root / "run.json").write_text(json.dumps({
+        "tokenizer": "mfcc", "tokenizer_hash": tokenizer_hash or tok.hash,
+        "tokenizer_info": {**tok.info(), "hash": tokenizer_hash or tok.hash},
+        "units_vocab_size": k, "eos_id": k, "pad_id": k + 1}))
+    return root
+
+
+def test_embedded_grammar_is_deterministic_and_covers_phenomena():
+    pairs = sblimp_pairs(seed=0)
+    assert pairs == sblimp_pairs(seed=0) and pairs != sblimp_pairs(seed=1)
+    assert {p["phenomenon"] for p in pairs} == {"subject_verb_agreement", "determiner_noun_agreement", "word_order",
+                                                "anaphor_agreement", "irregular_past"}
+    assert all(p["correct"] != p["incorrect"] for p in pairs)
+    stories = storycloze_questions(seed=0)
+    assert len(stories) == 24 and all(q["correct"] != q["incorrect"] for q in stories)
+
+
+def test_embedded_storycloze_end_to_end_with_cache(ray_local, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    run = _random_run(tmp_path / "run")
+    folder = ensure_embedded("storycloze", cache, progress=False)
+    bench = load_benchmark(folder)  # the released-layout reader loads the generated folder
+    assert bench.task == "ssc" and bench.n_questions == 24
+    result = evaluate(run, "embedded:storycloze", cache_dir=cache, progress=False)
+    assert set(result["metrics"]) == {"ssc"} and 0.0 <= result["metrics"]["ssc"] <= 1.0
+    assert result["details"]["n_questions"] == 24
+    units_dir = Path(result["provenance"]["units_dir"])
+    assert json.loads((units_dir / "meta.json").read_text())["tokenizer"]["hash"] == result["provenance"]["tokenizer_hash"]
+    # second evaluation reuses the cached units: encoding must not run again
+    import tokenization.encode
+
+    monkeypatch.setattr(tokenization.encode, "encode", lambda *a, **k: pytest.fail("re-encoded a cached benchmark"))
+    again = evaluate(run, "embedded:storycloze", cache_dir=cache, progress=False)
+    assert again["metrics"] == result["metrics"]
+    # the same benchmark for a model whose units came from another tokenizer: refused, cache untouched
+    other = _random_run(tmp_path / "other", tokenizer_hash="f" * 64)
+    monkeypatch.undo()
+    with pytest.raises(SlmscaleError, match="scores across tokenizers are meaningless"):
+        evaluate(other, "embedded:storycloze", cache_dir=cache, progress=False)
+    assert (units_dir / "meta.json").is_file()

@@ -67,3 +67,18 @@ def test_embedded_storycloze_end_to_end_with_cache(ray_local, tmp_path, monkeypa
     with pytest.raises(SlmscaleError, match="scores across tokenizers are meaningless"):
         evaluate(other, "embedded:storycloze", cache_dir=cache, progress=False)
     assert (units_dir / "meta.json").is_file()
+
+
+def test_cli_embedded_sblimp_summary_line(ray_local, tmp_path, capsys):
+    from sweep.cli import main
+
+    run = _random_run(tmp_path / "run")
+    rc = main(["eval", "--model", str(run), "--benchmark", "embedded:sblimp", "--cache-dir", str(tmp_path / "c"),
+               "--score", "sum", "--batch-size", "64"])
+    assert rc == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "embedded:sblimp" in line and "sblimp_macro=" in line and "sblimp_pair=" in line and "80 questions" in line
+    saved = json.loads((run / "eval" / "embedded-sblimp.json").read_text())
+    assert saved["details"]["n_phenomena"] == 5 and saved["details"]["n_voice_pairs"] == 80
+    assert set(saved["details"]["by_voice"]) == {"en", "en-us+f2"}
+    assert saved["provenance"]["score"] == "sum" and saved["provenance"]["code_version"].startswith("slmscale")

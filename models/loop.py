@@ -204,6 +204,7 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     n_in_interval, interval_time, session_time, session_tokens = 0, 0.0, 0.0, 0
+    first_interval: tuple[int, float] | None = None
     last_val = float("nan")
     for step in range(start_step + 1, plan.total_steps + 1):
         t0 = time.perf_counter()
@@ -240,10 +241,12 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
         interval_time += dt
         interval_tokens = n_in_interval * plan.tokens_per_update
         tps = interval_tokens / interval_time if interval_time > 0 else float("nan")
-        # Session throughput leaves out the first update (compilation, allocator warm-up) when it can.
-        if step > start_step + 1 or plan.total_steps == start_step + 1:
-            session_time += interval_time
+        # Session throughput leaves out the first interval (compilation, allocator warm-up) when there are others.
+        if first_interval is None:
+            first_interval = (interval_tokens, interval_time)
+        else:
             session_tokens += interval_tokens
+            session_time += interval_time
         if step % plan.eval_every == 0 or is_last:
             last_val = _eval_loss(model, val_ids, val_mask, plan.micro_batch, ctx, rt["bf16"])
         tokens_seen = step * plan.tokens_per_update
@@ -286,9 +289,13 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
             del model_state, optim_state
         metrics["checkpoint_dir"] = ckpt_path
         if ctx.ray:
-            import ray.train
+            # Ray Train v2 holds one pending report per worker and drains it every ~2 s, so reporting every
+            # update would stall training: Ray (and Tune through it) hears about checkpoints and the end;
+            # every report still goes to metrics.jsonl.
+            if is_ckpt:
+                import ray.train
 
-            ray.train.report(metrics)
+                ray.train.report(metrics)
         elif ctx.report is not None:
             ctx.report(metrics, ckpt_path)
         if pbar:
@@ -311,6 +318,8 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
 
     hf_logging.disable_progress_bar()
     unwrapped.save_pretrained(run_dir / "model", state_dict=model_state, safe_serialization=True)
+    if session_time == 0 and first_interval is not None:
+        session_tokens, session_time = first_interval
     session_tps = session_tokens / session_time if session_time > 0 else float("nan")
     final = {
         "test_loss": test_loss,

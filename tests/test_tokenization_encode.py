@@ -1,0 +1,262 @@
+"""`encode` on Ray Data: end to end from synthesised speech, every bad input of issue 3, resume after a kill."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import soxr
+
+from analysis.io import SlmscaleError
+from tokenization.dedup import collapse_runs
+from tokenization.encode import encode
+from tokenization.manifest import build_manifest, read_manifest, write_manifest
+from tokenization.schema import UNIT_SHARD_SCHEMA, read_meta, read_units_table, shard_paths
+from tokenization.synth import synthesize, tts
+from tokenization.tokenizer import load_tokenizer
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parent.parent
+
+SENTENCES = [
+    "Tom had a red ball and he liked to play with it.",
+    "Anna went to the park with her little dog.",
+    "The sun was warm and the birds were singing.",
+    "Once upon a time there was a shy fox.",
+    "They shared the cookie and smiled.",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("mfcc")
+
+
+def reference_units(tok, wav16k: np.ndarray) -> list[int]:
+    return collapse_runs(tok.frame_units([wav16k])[0])[0].tolist()
+
+
+def speech16k(text: str, voice: str = "en") -> np.ndarray:
+    wav, sr = tts(text, voice=voice)
+    return soxr.resample(wav, sr, 16000).astype(np.float32)
+
+
+def test_synthesize_manifest_encode_end_to_end(ray_local, tmp_path, tok):
+    audio = tmp_path / "audio"
+    synthesize([(f"utt{i}", s) for i, s in enumerate(SENTENCES)], audio, progress=False)
+    manifest = build_manifest(audio, tmp_path / "manifest.parquet", progress=False)
+    out = tmp_path / "units"
+    meta = encode(manifest, "mfcc", out, rows_per_shard=2, progress=False)
+
+    assert [p.name for p in shard_paths(out)] == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    table = read_units_table(out)
+    assert table.schema.equals(UNIT_SHARD_SCHEMA)
+    rows = {r["utt_id"]: r for r in table.to_pylist()}
+    assert sorted(rows) == [f"utt{i}" for i in range(5)]
+    for i in range(5):
+        r = rows[f"utt{i}"]
+        wav, sr = sf.read(audio / f"utt{i}.wav", dtype="float32")
+        assert r["units"] == reference_units(tok, wav)  # the pipeline gives exactly the in-process units
+        assert sum(r["durations"]) == r["n_frames"] and r["n_units"] == len(r["units"])
+        assert r["duration_s"] == pytest.approx(len(wav) / 16000, abs=1e-4)
+        assert r["source"] == "audio" and len(r["sha256"]) == 64
+        assert all(a != b for a, b in zip(r["units"], r["units"][1:]))  # dedup: no consecutive repeats
+    assert meta.vocab_size == 100 and meta.dedup
+    assert meta.tokenizer["kind"] == "mfcc" and meta.tokenizer["hash"] == tok.hash
+    assert meta.tokenizer["frame_rate_hz"] == 100.0
+    assert meta.counts["utterances"] == 5 and meta.counts["rejected"] == 0
+    assert meta.counts["units"] == sum(r["n_units"] for r in rows.values())
+    assert read_meta(out).tokenizer_hash == tok.hash
+    shard_meta = pq.read_schema(out / "shard-00000.parquet").metadata
+    assert shard_meta[b"slmscale.tokenizer_hash"].decode() == tok.hash
+    assert shard_meta[b"slmscale.code_version"].decode().startswith("slmscale")
+    assert pq.read_table(out / "rejects.parquet").num_rows == 0
+
+    # a rerun finds everything done and rewrites no shard; a different setting is refused, nothing lost
+    stamps = {p.name: p.stat().st_mtime_ns for p in shard_paths(out)}
+    again = encode(manifest, "mfcc", out, rows_per_shard=2, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in shard_paths(out)} == stamps
+    assert again.counts == meta.counts
+    with pytest.raises(SlmscaleError, match="dedup"):
+        encode(manifest, "mfcc", out, rows_per_shard=2, dedup=False, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in shard_paths(out)} == stamps
+
+
+
+def test_unit_actor_without_dedup_keeps_every_frame(tok):
+    """The actor stage alone (no Ray): a batch with one chunk and one upstream reject."""
+    from tokenization.pipeline import UnitActor
+
+    wav = speech16k(SENTENCES[3])
+    batch = {"row": np.array([0, 1]), "shard": np.array([0, 0]), "chunk": np.array([0, 0]),
+             "n_chunks": np.array([1, 1]), "utt_id": np.array(["a", "b"], dtype=object),
+             "source": np.array(["s", None], dtype=object), "sha256": np.array(["x", "y"], dtype=object),
+             "path": np.array(["/a.wav", "/b.wav"], dtype=object), "reason": np.array(["", "silent"], dtype=object),
+             "detail": np.array(["", "all zero"], dtype=object),
+             "wav": np.array([wav, np.zeros(0, np.float32)], dtype=object)}
+    raw = UnitActor(tok.spec, dedup=False)(batch).to_pylist()
+    frames = tok.frame_units([wav])[0].tolist()
+    assert raw[0]["units"] == frames and raw[0]["durations"] == [1] * len(frames) and raw[0]["n_frames"] == len(frames)
+    assert raw[1]["reason"] == "silent" and raw[1]["units"] is None and raw[1]["source"] is None
+    deduped = UnitActor(tok.spec, dedup=True)(batch).to_pylist()[0]
+    assert deduped["units"] == reference_units(tok, wav) and sum(deduped["durations"]) == len(frames)
+
+
+def _bad_corpus(root: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """Every bad input of issue 3. Returns ({name: expected reject reason}, {name: 16 kHz reference audio})."""
+    root.mkdir()
+    a = speech16k(SENTENCES[0])
+    b_raw, b_sr = tts(SENTENCES[1], voice="en+f3")
+    sf.write(root / "good.wav", a, 16000)
+    sf.write(root / "stereo.wav", np.stack([a, a], 1), 16000)  # same speech in both channels
+    sf.write(root / "rate8k.wav", soxr.resample(b_raw, b_sr, 8000), 8000)
+    sf.write(root / "rate44k.flac", soxr.resample(b_raw, b_sr, 44100), 44100)
+    sf.write(root / "rate16k.wav", soxr.resample(b_raw, b_sr, 16000), 16000)
+    (root / "empty.wav").write_bytes(b"")
+    full = (root / "good.wav").read_bytes()
+    (root / "truncated.wav").write_bytes(full[: len(full) // 2])
+    sf.write(root / "full.flac", a, 16000)
+    flac = (root / "full.flac").read_bytes()
+    (root / "truncated.flac").write_bytes(flac[: len(flac) // 2])
+    (root / "full.flac").unlink()
+    (root / "notaudio.mp3").write_bytes(b"ID3? no, just text pretending to be audio\n" * 50)
+    nan = a.copy()
+    nan[1234] = np.nan
+    sf.write(root / "nan.wav", nan, 16000, subtype="FLOAT")
+    inf = a.copy()
+    inf[-10] = np.inf
+    sf.write(root / "inf.wav", inf, 16000, subtype="FLOAT")
+    sf.write(root / "silent.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(root / "tiny.wav", a[:200], 16000)  # 12 ms: shorter than one analysis window
+    # a 5-minute file (chunked at 60 s): speech repeated over a quiet tone
+    t = np.arange(16000 * 300) / 16000
+    long = (0.01 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
+    for s in range(0, len(long) - len(a), 16000 * 20):
+        long[s: s + len(a)] += a
+    sf.write(root / "long.flac", long, 16000)
+    expected = {"empty": "empty", "truncated": "truncated", "truncated.flac": "truncated", "notaudio": "not_audio",
+                "nan": "non_finite", "inf": "non_finite", "silent": "silent", "tiny": "too_short",
+                "missing": "missing"}
+    decoded = {name: sf.read(root / f"{name}.{ext}", dtype="float32")[0]
+               for name, ext in (("good", "wav"), ("long", "flac"), ("rate16k", "wav"))}  # as quantised on disk
+    return expected, decoded
+
+
+def test_every_bad_input_becomes_units_or_one_reject(ray_local, tmp_path, tok):
+    expected, ref = _bad_corpus(tmp_path / "bad")
+    files = sorted(p for p in (tmp_path / "bad").iterdir())
+    # a hand-made manifest with every file (build_manifest would already drop the unreadable ones)
+    rows = [{"utt_id": p.name if p.name == "truncated.flac" else p.stem, "path": str(p)} for p in files]
+    rows.append({"utt_id": "missing", "path": str(tmp_path / "bad" / "missing.wav")})
+    manifest = write_manifest(rows, tmp_path / "all.parquet")
+    out = tmp_path / "units"
+    meta = encode(manifest, "mfcc", out, rows_per_shard=4, progress=False)
+
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    got = {r["detail"].split(":", 1)[0].removeprefix("utt_id="): r["reason"] for r in rejects}
+    assert got == expected
+    assert all(r["detail"] and r["source"].startswith(str(tmp_path)) for r in rejects)
+    units = {r["utt_id"]: r for r in read_units_table(out).to_pylist()}
+    encoded_files = {u.split("#")[0] for u in units}
+    assert encoded_files == {"good", "stereo", "rate8k", "rate44k", "rate16k", "long"}
+    assert len(encoded_files) + len(rejects) == len(rows)  # rows in = encoded + rejected
+    assert meta.counts["files"] == len(rows) and meta.counts["rejected"] == len(expected)
+    assert meta.counts["encoded_files"] == len(encoded_files)
+
+    assert units["good"]["units"] == reference_units(tok, ref["good"])
+    assert units["stereo"]["units"] == units["good"]["units"]  # downmix of identical channels = the mono file
+    for name in ("rate8k", "rate44k"):  # resampled to 16 kHz: same length, mostly the same units
+        assert units[name]["duration_s"] == pytest.approx(units["rate16k"]["duration_s"], abs=0.01)
+        assert abs(units[name]["n_frames"] - units["rate16k"]["n_frames"]) <= 1
+    frames44 = tok.frame_units([ref["rate16k"]])[0]
+    decoded44 = soxr.resample(sf.read(tmp_path / "bad" / "rate44k.flac", dtype="float32")[0], 44100, 16000)
+    agree = (tok.frame_units([decoded44])[0][: len(frames44)] == frames44[: len(decoded44) // 160 - 2]).mean()
+    assert agree > 0.8
+    chunks = sorted(u for u in units if u.startswith("long#"))
+    assert chunks == [f"long#{i:04d}" for i in range(5)]
+    assert sum(units[c]["duration_s"] for c in chunks) == pytest.approx(300.0, abs=0.01)
+    assert all(units[c]["n_frames"] == 5998 for c in chunks)  # 60 s at 100 Hz, whole windows only
+    assert units["long#0000"]["units"] == reference_units(tok, ref["long"][: 16000 * 60])
+
+
+def test_interrupted_encode_resumes_without_redoing_shards(ray_local, tmp_path, tok):
+    audio = tmp_path / "audio"
+    texts = [(f"s{i:02d}", f"{SENTENCES[i % 5]} Number {i}.") for i in range(24)]
+    manifest = synthesize(texts, audio, voices=["en", "en+f3"], rates=[170], progress=False)
+    out = tmp_path / "units"
+    cmd = [sys.executable, "-m", "sweep", "tokenize", "encode", "--manifest", str(manifest), "--tokenizer", "mfcc",
+           "-o", str(out), "--rows-per-shard", "1", "--actors", "1", "--batch-size", "1", "-q"]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(out.glob("shard-*.parquet")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no shard appeared within 120 s"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: like a crashed node or a pulled plug
+    proc.wait()
+    done_before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shard_paths(out)}
+    assert 1 <= len(done_before) < 24, "the run was not interrupted part-way"
+    assert not (out / "meta.json").exists()
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for name, stamp in done_before.items():  # not redone: same inode, same mtime
+        p = out / name
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp
+    table = read_units_table(out)
+    ids = table.column("utt_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 24  # no row lost, none duplicated
+    meta = read_meta(out)
+    assert meta.counts["utterances"] == 24 and meta.counts["shards"] == 24 and meta.counts["rejected"] == 0
+    for row in table.to_pylist()[:3]:
+        wav, _ = sf.read(audio / f"{row['utt_id']}.wav", dtype="float32")
+        assert row["units"] == reference_units(tok, wav)
+    assert not list(out.glob(".*.parquet*"))  # no temp file left behind by the killed writer
+
+
+def test_encode_input_errors(ray_local, tmp_path):
+    with pytest.raises(SlmscaleError, match="manifest not found"):
+        encode(tmp_path / "none.parquet", "mfcc", tmp_path / "u")
+    sf.write(tmp_path / "a.wav", speech16k("Hello there."), 16000)
+    manifest = write_manifest([{"utt_id": "a", "path": str(tmp_path / "a.wav")}], tmp_path / "m.parquet")
+    with pytest.raises(SlmscaleError, match="--tokenizer"):
+        encode(manifest, "wav2vec", tmp_path / "u")
+    with pytest.raises(SlmscaleError, match="--rows-per-shard"):
+        encode(manifest, "mfcc", tmp_path / "u", rows_per_shard=0)
+    with pytest.raises(SlmscaleError, match="--layer"):
+        encode(manifest, "mfcc", tmp_path / "u", layer=3)
+    with pytest.raises(SlmscaleError, match="--gpus-per-actor"):
+        encode(manifest, "mfcc", tmp_path / "u", gpus_per_actor=1)
+    with pytest.raises(SlmscaleError, match="k-means codebook not found"):
+        encode(manifest, "mfcc", tmp_path / "u", kmeans=tmp_path / "nope")
+
+
+@pytest.mark.slow
+def test_two_hour_file_is_chunked(ray_local, tmp_path, tok):
+    """A 2-hour 8 kHz FLAC (quiet tone + speech bursts): 120 one-minute chunks, bounded memory."""
+    a = soxr.resample(speech16k(SENTENCES[2]), 16000, 8000)
+    path = tmp_path / "two_hours.flac"
+    t = np.arange(8000 * 60) / 8000
+    minute = (0.02 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    minute[: len(a)] += a
+    with sf.SoundFile(path, "w", 8000, 1, subtype="PCM_16") as f:
+        for _ in range(120):
+            f.write(minute)
+    manifest = build_manifest(tmp_path, tmp_path / "m.parquet", progress=False)
+    assert read_manifest(manifest).column("duration_s").to_pylist() == [7200.0]
+    meta = encode(manifest, "mfcc", tmp_path / "units", progress=False)
+    table = read_units_table(tmp_path / "units")
+    assert table.num_rows == 120 and meta.counts["rejected"] == 0
+    assert table.column("utt_id").to_pylist() == [f"two_hours#{i:04d}" for i in range(120)]
+    assert meta.counts["hours"] == pytest.approx(2.0, abs=1e-3)
+    units = table.column("units").to_pylist()
+    assert units[5] == units[77]  # identical minutes give identical units, wherever they are in the file

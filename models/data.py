@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from analysis.io import SlmscaleError
 from tokenization.schema import read_meta, read_units_table
 
-__all__ = ["split_of", "UnitStreams", "load_unit_streams", "SequenceSampler", "eval_sequences"]
+__all__ = ["split_of", "UnitStreams", "load_unit_streams", "cached_unit_streams", "SequenceSampler", "eval_sequences"]
 
 SPLITS = ("train", "val", "test")
 
@@ -165,7 +165,41 @@ def eval_sequences(stream: np.ndarray, context: int, max_tokens: int | None, pad
         stream = stream[:max_tokens]
     n = -(-len(stream) // context)
     ids = np.full(n * context, pad_id, dtype=np.int64)
-    ids[: len(stream)] = stream
+    ids[: len(stream)] = np.asarray(stream)
     mask = np.zeros(n * context, dtype=bool)
     mask[: len(stream)] = True
     return ids.reshape(n, context), mask.reshape(n, context)
+
+
+PACKED_DIR = "data"
+
+
+def cached_unit_streams(units_dir: str | Path, run_dir: str | Path, val_fraction: float, test_fraction: float,
+                        seed: int, units_meta_hash: str) -> UnitStreams:
+    """`load_unit_streams`, packed once per run into RUN_DIR/data/{train,val,test}.npy and memory-mapped after.
+
+    Every Ray Train worker (and every resume) maps the same files instead of re-reading and re-packing the
+    shards into its own memory. The cache is keyed by the dataset's meta.json hash, the seed and the split
+    fractions; anything else rebuilds it. Files are written atomically."""
+    from analysis.io import atomic_path, atomic_write_json
+
+    root = Path(run_dir) / PACKED_DIR
+    key = {"units_meta_hash": units_meta_hash, "seed": seed, "val_fraction": val_fraction,
+           "test_fraction": test_fraction, "version": 1}
+    info_path = root / "packing.json"
+    if info_path.is_file():
+        import json
+
+        info = json.loads(info_path.read_text())
+        if info.get("key") == key and all((root / f"{s}.npy").is_file() for s in SPLITS):
+            arrays = {s: np.load(root / f"{s}.npy", mmap_mode="r") for s in SPLITS}
+            return UnitStreams(arrays["train"], arrays["val"], arrays["test"], info["n_units"], info["utterances"])
+    streams = load_unit_streams(units_dir, val_fraction, test_fraction, seed)
+    dtype = np.uint16 if streams.n_units + 1 <= np.iinfo(np.uint16).max else np.int32  # EOS = K must fit
+    root.mkdir(parents=True, exist_ok=True)
+    for s in SPLITS:
+        with atomic_path(root / f"{s}.npy", suffix=".npy") as tmp:
+            np.save(tmp, getattr(streams, s).astype(dtype))
+    atomic_write_json(info_path, {"key": key, "n_units": streams.n_units, "utterances": streams.utterances,
+                                  "tokens": {s: int(len(getattr(streams, s))) for s in SPLITS}})
+    return streams

@@ -19,7 +19,7 @@ import numpy as np
 from analysis.io import atomic_write_json, code_version
 from models import checkpoint as ckpt_io
 from models.config import RunPlan, TrainConfig
-from models.data import SequenceSampler, eval_sequences, load_unit_streams
+from models.data import SequenceSampler, cached_unit_streams, eval_sequences
 from models.ladder import build_model
 from models.throughput import device_peak_flops, mfu
 
@@ -70,10 +70,24 @@ def _resolve_runtime(cfg: TrainConfig, device) -> dict[str, Any]:
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
-    """Decay matrices (embeddings, projections), not RMSNorm gains (as nanoGPT / Llama recipes)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """Decay matrices (embeddings, projections), not RMSNorm gains (as nanoGPT / Llama recipes). Chosen by
+    name so it also holds for FSDP's flattened parameters (use_orig_params keeps the names)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if "norm" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _fsdp_kwargs() -> dict:
+    """Shard per decoder layer; keep parameter names for the optimizer groups and state dicts."""
+    import functools
+
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    return {"use_orig_params": True,
+            "auto_wrap_policy": functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={LlamaDecoderLayer})}
 
 
 def _all_reduce_sum(t, ctx: WorkerContext):
@@ -156,7 +170,10 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
     rt = _resolve_runtime(cfg, device)
     fsdp = cfg.parallel == "fsdp" and ctx.ray
 
-    streams = load_unit_streams(cfg.units_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    from tokenization.schema import meta_hash
+
+    streams = cached_unit_streams(cfg.units_dir, run_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed,
+                                  meta_hash(cfg.units_dir))
     sampler = SequenceSampler(streams.train, plan.context, cfg.seed, cfg.unique_tokens)
     val_ids, val_mask = eval_sequences(streams.val, plan.context, cfg.eval_tokens, streams.pad_id)
 
@@ -168,7 +185,8 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
     if ctx.ray:
         import ray.train.torch
 
-        model = ray.train.torch.prepare_model(model, parallel_strategy=cfg.parallel)
+        model = ray.train.torch.prepare_model(model, parallel_strategy=cfg.parallel,
+                                              parallel_strategy_kwargs=_fsdp_kwargs() if fsdp else None)
     else:
         model = model.to(device)
 

@@ -19,7 +19,7 @@ from analysis.io import SlmscaleError, atomic_write_json, code_version, read_jso
 from analysis.schema import write_results
 from models.checkpoint import check_identity, latest_checkpoint
 from models.config import RunPlan, TrainConfig, make_plan
-from models.data import SequenceSampler, load_unit_streams
+from models.data import SequenceSampler, cached_unit_streams
 from models.ladder import llama_config
 from models.loop import FINAL_JSON, WorkerContext, run_worker
 from tokenization.schema import UnitsMeta, meta_hash, read_meta
@@ -65,7 +65,8 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
                                 "context": plan.context})
 
     # Data checks (cheap next to training): ids in range, every split non-empty, U available.
-    streams = load_unit_streams(cfg.units_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    streams = cached_unit_streams(cfg.units_dir, run_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed, units_hash)
     sampler = SequenceSampler(streams.train, plan.context, cfg.seed, cfg.unique_tokens)
 
     info = {

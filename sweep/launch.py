@@ -60,6 +60,29 @@ def read_sweep(storage: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     return root, read_json(root / SWEEP_FILE, what="sweep file")
 
 
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when --address names a host:port nobody listens on.
+
+    `ray.init(address=...)` retries an unreachable GCS for about two minutes before giving up; a plain TCP
+    connect tells the same thing at once. 'auto' and 'local' are left to Ray."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SlmscaleError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT or 'auto'")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise SlmscaleError(
+            f"could not reach a Ray cluster at --address {address!r}: {exc}; expected a running Ray head "
+            f"(`ray start --head` or `ray up cluster.yaml`; from outside the cluster use an SSH tunnel)"
+        ) from None
+
+
 def _units_info(units: str) -> tuple[str, int, str]:
     from tokenization.schema import meta_hash, read_meta, shard_paths
 
@@ -158,6 +181,7 @@ def launch(
     if unknown:
         raise SlmscaleError(f"{spec.source}: field 'train' has unknown TrainConfig field(s) {unknown}")
 
+    check_address(address)
     ensure_ray(address)
     _check_cluster(spec, plan.trials, cluster_config)
 
@@ -196,6 +220,9 @@ def _fit(spec: GridSpec, root: Path, sweep: dict[str, Any], verbose: int) -> dic
         param_space={"trial": tune.grid_search([c["trial"] for c in _trial_configs(sweep)]), "sweep": sweep["settings"]},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.max_concurrent,
+            # A trial process imports torch + transformers (seconds); reusing it for the next trial of the
+            # same shape removes that per-trial cost. Fault tolerance is unaffected: a dead actor is replaced.
+            reuse_actors=True,
             trial_dirname_creator=lambda trial: trial.config["trial"]["run_id"],
             trial_name_creator=lambda trial: trial.config["trial"]["run_id"],
         ),
@@ -214,6 +241,7 @@ def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: i
     root, sweep = read_sweep(storage)
     spec = grid_from_dict(sweep["grid"], source=str(root / SWEEP_FILE))
     tune_dir = root / TUNE_DIR
+    check_address(address)
     ensure_ray(address)
     if not tune.Tuner.can_restore(str(tune_dir)):
         # The driver died before Tune wrote its first state: nothing ran, so start the experiment now.

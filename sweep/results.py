@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis.io import SlmscaleError
@@ -51,6 +52,10 @@ def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> 
     if missing and not allow_partial:
         raise SlmscaleError(f"{root}: {len(missing)} trial(s) not finished: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     df = pd.DataFrame(rows)
+    # A run that reads D tokens from a pool of U distinct ones has seen min(D, U) unique tokens (schema:
+    # unique_tokens equals tokens for single-epoch runs); training rows give the pool size U.
+    df["unique_tokens"] = np.minimum(df["unique_tokens"].astype(float), df["tokens"].astype(float))
+    df["epochs"] = df["tokens"].astype(float) / df["unique_tokens"]
     validate_results(df, source=f"{root}/{RESULTS_FILE}")
     return df
 

@@ -136,11 +136,15 @@ def train_trial(config: dict[str, Any]) -> dict[str, Any]:
     storage_is_local = bool(sweep.get("storage_is_local", True))
     if not storage_is_local:
         _restore_from_tune_checkpoint(run_dir)
+    from models.checkpoint import latest_checkpoint
+
     previous = json.loads((run_dir / ATTEMPT_FILE).read_text()) if (run_dir / ATTEMPT_FILE).is_file() else {}
+    newest = latest_checkpoint(run_dir)
     atomic_write_json(
         run_dir / ATTEMPT_FILE,
         {"attempt": int(previous.get("attempt", 0)) + 1, "host": socket.gethostname(), "pid": os.getpid(),
-         "started": time.time(), "run_id": trial["run_id"]},
+         "started": time.time(), "run_id": trial["run_id"],
+         "resumed_from_step": int(newest.name.split("-")[1]) if newest else 0},
     )
 
     from models.train import train

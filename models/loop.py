@@ -59,6 +59,9 @@ def _resolve_runtime(cfg: TrainConfig, device) -> dict[str, Any]:
     import torch
 
     cuda = torch.device(device).type == "cuda"
+    if cuda:  # TF32 for what stays in fp32 (the loss, the optimizer); bf16 autocast covers the matmuls
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     attn = cfg.attn_implementation
     if attn == "auto":
@@ -228,7 +231,8 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
         t0 = time.perf_counter()
         base = (step - 1) * plan.seqs_per_update + ctx.rank * plan.seqs_per_worker
         for micro in range(plan.grad_accum):
-            x = torch.from_numpy(sampler.batch(base + micro * plan.micro_batch, plan.micro_batch)).to(device)
+            x = torch.from_numpy(sampler.batch(base + micro * plan.micro_batch, plan.micro_batch))
+            x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
             sync = micro == plan.grad_accum - 1 or not hasattr(model, "no_sync")
             with model.no_sync() if not sync else contextlib.nullcontext():
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=rt["bf16"]):

@@ -85,3 +85,20 @@ def test_out_of_range_unit_and_empty_split_are_named(tmp_path):
     _write(tmp_path / "few", rows[:2], k=100)
     with pytest.raises(SlmscaleError, match="split is empty"):
         load_unit_streams(tmp_path / "few", 0.05, 0.05, 0)
+
+
+def test_packed_streams_are_cached_and_memory_mapped(tmp_path):
+    from models.data import cached_unit_streams
+    from tokenization.schema import meta_hash
+
+    units = write_pattern_units(tmp_path / "u", n_units=30, n_utterances=150, seed=8)
+    h = meta_hash(units)
+    first = cached_unit_streams(units, tmp_path / "run", 0.05, 0.05, 0, h)
+    again = cached_unit_streams(units, tmp_path / "run", 0.05, 0.05, 0, h)
+    assert isinstance(again.train, np.memmap) and again.train.dtype == np.uint16
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(first, split), getattr(again, split))
+    assert again.utterances == first.utterances and again.eos_id == 30
+    reseeded = cached_unit_streams(units, tmp_path / "run", 0.05, 0.05, 1, h)  # other key: rebuilt
+    assert not isinstance(reseeded.train, np.memmap)
+    assert not np.array_equal(reseeded.train, first.train)

@@ -49,9 +49,9 @@ def test_embedded_storycloze_end_to_end_with_cache(ray_local, tmp_path, monkeypa
     run = _random_run(tmp_path / "run")
     folder = ensure_embedded("storycloze", cache, progress=False)
     bench = load_benchmark(folder)  # the released-layout reader loads the generated folder
-    assert bench.task == "ssc" and bench.n_questions == 24
+    assert bench.task == "tsc" and bench.n_questions == 24  # topic-style negatives -> tsc column
     result = evaluate(run, "embedded:storycloze", cache_dir=cache, progress=False)
-    assert set(result["metrics"]) == {"ssc"} and 0.0 <= result["metrics"]["ssc"] <= 1.0
+    assert set(result["metrics"]) == {"tsc"} and 0.0 <= result["metrics"]["tsc"] <= 1.0
     assert result["details"]["n_questions"] == 24
     units_dir = Path(result["provenance"]["units_dir"])
     assert json.loads((units_dir / "meta.json").read_text())["tokenizer"]["hash"] == result["provenance"]["tokenizer_hash"]

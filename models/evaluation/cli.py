@@ -12,7 +12,8 @@ Benchmarks (--benchmark, repeatable):
                        spoken StoryCloze release folder (<question>_correct.wav / <question>_incorrect.wav)
                        -> ssc, or tsc when the folder is named tSC / tStoryCloze (or with --task tsc)
   embedded:sblimp      synthetic minimal pairs (5 phenomena, 2 voices), generated offline on first use
-  embedded:storycloze  synthetic two-ending stories, generated offline on first use
+  embedded:storycloze  synthetic two-ending stories (wrong ending from another topic -> tsc), generated
+                       offline on first use
 
 The benchmark audio is encoded with the model's own tokenizer (the one whose hash is in RUN_DIR/run.json) and
 the units are cached under --cache-dir; a unit dataset from another tokenizer is refused.

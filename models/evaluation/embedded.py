@@ -9,7 +9,7 @@ exists (it is built in a temporary folder and renamed into place).
 Phenomena (sblimp): subject-verb agreement, determiner-noun agreement, word order (verb-final, adjective after
 noun), anaphor gender agreement, irregular past tense; each with two subtypes, each pair spoken by every voice.
 Stories (storycloze): "<Name> <did something>. <pronoun> <consequence>." against an ending of another topic
-(Topic-StoryCloze style negatives).
+(Topic-StoryCloze style negatives, so the result fills the `tsc` column).
 """
 from __future__ import annotations
 
@@ -176,7 +176,10 @@ def ensure_embedded(kind: str, cache_dir: str | Path | None = None, seed: int = 
     if kind not in ("sblimp", "storycloze"):
         raise SlmscaleError(f"embedded benchmark {kind!r}: expected embedded:sblimp or embedded:storycloze")
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    final = root / "embedded" / f"{kind}-v{EMBEDDED_VERSION}-seed{seed}"
+    # the stories' wrong endings come from other topics (Topic-StoryCloze style), so the folder is named like
+    # the tSC release and its metric is `tsc`
+    folder = "tstorycloze" if kind == "storycloze" else kind
+    final = root / "embedded" / f"{folder}-v{EMBEDDED_VERSION}-seed{seed}"
     if (final / "embedded.json").is_file():
         return final
     work = final.with_name(f".{final.name}.partial-{os.getpid()}")

@@ -35,7 +35,7 @@ def resolve_benchmark(benchmark: str | Path, cache_dir: str | Path | None = None
 
         kind = text.split(":", 1)[1]
         folder = ensure_embedded(kind, cache_dir, progress=progress)
-        return load_benchmark(folder, "sblimp" if kind == "sblimp" else "ssc")
+        return load_benchmark(folder, "sblimp" if kind == "sblimp" else "tsc")  # topic-style negatives
     return load_benchmark(text, task)
 
 

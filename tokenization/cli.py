@@ -79,7 +79,9 @@ def _unigram_train(args) -> int:
     from .unigram import train_unigram
 
     path = train_unigram(args.units_dir, args.vocab_size, args.output, max_sentences=args.max_sentences, seed=args.seed)
-    print(f"wrote {path} and {path.with_suffix('.json')}")
+    trained = json.loads(path.with_suffix(".json").read_text())["vocab_size"]
+    note = "" if trained == args.vocab_size else f" (the corpus supports only {trained} of the {args.vocab_size} pieces asked for)"
+    print(f"wrote {path} and {path.with_suffix('.json')}: V={trained}{note}")
     return 0
 
 
@@ -207,7 +209,7 @@ def register(sub, formatter_class) -> None:
     usub = p.add_subparsers(dest="unigram_command", metavar="ACTION")
     q = usub.add_parser("train", formatter_class=formatter_class, help="train a unigram model on a unit dataset")
     q.add_argument("units_dir", help="unit dataset from `tokenize encode`")
-    q.add_argument("--vocab-size", type=int, required=True, help="pieces V (must exceed the unit vocabulary K)")
+    q.add_argument("--vocab-size", type=int, required=True, help="pieces V, an upper bound (must exceed the unit vocabulary K)")
     q.add_argument("-o", "--output", required=True, help="model path prefix OUT (writes OUT.model, OUT.json)")
     q.add_argument("--max-sentences", type=int, default=1_000_000, help="utterances used for training")
     q.add_argument("--seed", type=int, default=0, help="recorded in OUT.json")

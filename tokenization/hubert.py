@@ -63,7 +63,7 @@ class HubertExtractor:
                                 "save_pretrained folder with config.json and weights)")
         if not (root / "config.json").is_file():
             raise SlmscaleError(f"hubert checkpoint {root}: no config.json")
-        if not any(root.glob(p) for p in _WEIGHT_PATTERNS):
+        if not any(any(root.glob(p)) for p in _WEIGHT_PATTERNS):
             raise SlmscaleError(f"hubert checkpoint {root}: no weight file (*.safetensors or *.bin)")
         try:
             config = HubertConfig.from_pretrained(root, local_files_only=True)

@@ -40,7 +40,10 @@ def _model_paths(model: str | Path) -> tuple[Path, Path]:
 
 def train_unigram(units_dir: str | Path, vocab_size: int, out: str | Path, *, max_sentences: int = 1_000_000,
                   max_piece_units: int = 16, seed: int = 0) -> Path:
-    """Train a unigram model with `vocab_size` pieces on the utterances of `units_dir`; writes OUT.model + OUT.json."""
+    """Train a unigram model with up to `vocab_size` pieces on the utterances of `units_dir`; writes OUT.model + OUT.json.
+
+    The limit is soft: a corpus too small to support V distinct pieces gets fewer (recorded in OUT.json as
+    `vocab_size` next to `vocab_size_requested`) rather than an error."""
     import sentencepiece as spm
 
     meta = read_meta(units_dir)
@@ -73,16 +76,17 @@ def train_unigram(units_dir: str | Path, vocab_size: int, out: str | Path, *, ma
                 character_coverage=1.0, add_dummy_prefix=False, split_by_unicode_script=False,
                 split_by_number=False, split_by_whitespace=False, max_sentencepiece_length=max_piece_units,
                 max_sentence_length=1 << 16, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, unk_surface="?",
-                num_threads=1, minloglevel=2, hard_vocab_limit=True,
+                num_threads=1, minloglevel=2, hard_vocab_limit=False,
                 input_sentence_size=max_sentences, shuffle_input_sentence=True,
             )
         except RuntimeError as exc:  # e.g. vocab_size too large for the corpus
             raise SlmscaleError(f"--vocab-size {vocab_size}: SentencePiece could not train: {exc}") from None
         model_bytes = (Path(tmp) / "spm.model").read_bytes()
+        trained_vocab = spm.SentencePieceProcessor(model_file=str(Path(tmp) / "spm.model")).get_piece_size()
     with atomic_path(model_path, suffix=".model") as t:
         t.write_bytes(model_bytes)
     atomic_write_json(json_path, {
-        "vocab_size": vocab_size, "unit_vocab_size": meta.vocab_size, "unit_char_base": UNIT_CHAR_BASE,
+        "vocab_size": trained_vocab, "vocab_size_requested": vocab_size, "unit_vocab_size": meta.vocab_size, "unit_char_base": UNIT_CHAR_BASE,
         "parent_tokenizer": meta.tokenizer, "parent_units_meta_hash": meta_hash(units_dir), "sentences": n,
         "sha256": hashlib.sha256(model_bytes).hexdigest(), "seed": seed, "code_version": code_version(),
     })

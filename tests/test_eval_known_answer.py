@@ -110,6 +110,7 @@ def random_run(tmp_path_factory):
 def test_trained_model_prefers_frequent_member(trained_run, pairs_benchmark):
     split, bench_units, _ = pairs_benchmark
     result = evaluate(trained_run, split, units_dir=bench_units, progress=False, batch_size=16)
+    print("known-answer trained model:", result["metrics"])
     assert result["metrics"]["sblimp_macro"] > 0.85, result["details"]
     assert result["metrics"]["sblimp_pair"] > 0.85
     assert set(result["details"]["by_phenomenon"]) == set(PHENOMENA)

@@ -55,6 +55,7 @@ def register(sub, formatter_class) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from analysis.io import SlmscaleError
 
@@ -73,6 +74,10 @@ def _eval(args: argparse.Namespace) -> int:
             metrics = "  ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items())
             n = result["details"].get("n_voice_pairs") or result["details"].get("n_questions")
             print(f"{result['provenance']['run_id']}  {bench}  {metrics}  ({n} questions, score={args.score})")
+            over = result["details"].get("longer_than_context", 0)
+            if over:
+                print(f"  note: {over} of {result['details']['n_candidates']} candidates are longer than the model's "
+                      "context; they are scored without a sliding window", file=sys.stderr)
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2, sort_keys=True, default=str))
     return 0

@@ -1,0 +1,225 @@
+"""Tokenization throughput: the Ray Data pipeline vs a plain per-file loop, side by side in one run.
+
+    python benchmarks/bench_tokenize.py [--files 240] [--seconds 12]
+
+Builds a corpus of synthetic spoken stories (espeak-ng, no download), then encodes the same manifest with
+`--tokenizer mfcc` twice per corpus size: once with a plain loop in one process (decode -> features -> k-means ->
+dedup -> one Parquet file), once with `tokenization.encode.encode` (Ray Data: decode tasks + tokenizer actor
+pool, atomic shards). Each variant runs in a fresh subprocess so that timings and peak memory do not leak
+between them. Peak memory is the largest summed RSS of the variant's process tree (driver + Ray workers),
+sampled every 0.1 s. Printed: wall time, audio real-time factor, speed ratio (goal >= 1.5x on 2 CPUs), and
+peak memory at N and 2N files (goal: flat in corpus size, because the pipeline streams).
+
+With CUDA present it also measures the HuBERT-base real-time factor on the GPU (random-init base config,
+bf16, layer 11, 500 centroids; the goal on one H100 is >= 3,000x) through the same extractor code path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+class PeakMemory:
+    """Peak summed RSS (MiB) of this process and all of its descendants (Ray workers included), from /proc."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _tree_rss_mib(root: int) -> float:
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    pass
+        tree, frontier = {root}, [root]
+        while frontier:
+            kids = [pid for pid, ppid in parents.items() if ppid in frontier and pid not in tree]
+            tree.update(kids)
+            frontier = kids
+        total_kib = 0
+        for pid in tree:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total_kib += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            except OSError:
+                pass
+        return total_kib / 1024
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._tree_rss_mib(os.getpid()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_loop(manifest: str, out: str) -> dict:
+    """The baseline: one process, file after file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tokenization.audio import AudioReject, decode_chunks
+    from tokenization.dedup import collapse_runs
+    from tokenization.manifest import read_manifest
+    from tokenization.schema import UNIT_SHARD_SCHEMA
+    from tokenization.tokenizer import MIN_SAMPLES, load_tokenizer
+
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        tok = load_tokenizer("mfcc")
+        rows = []
+        for r in read_manifest(manifest).to_pylist():
+            try:
+                for c in decode_chunks(r["path"], min_samples=MIN_SAMPLES):
+                    frames = tok.frame_units([c.wav])[0]
+                    units, durs = collapse_runs(frames)
+                    rows.append({"utt_id": r["utt_id"], "units": units, "durations": durs, "n_frames": len(frames),
+                                 "n_units": len(units), "duration_s": len(c.wav) / 16000, "source": r["source"],
+                                 "sha256": r["sha256"]})
+            except AudioReject:
+                pass
+        pq.write_table(pa.Table.from_pylist(rows, schema=UNIT_SHARD_SCHEMA), Path(out) / "units.parquet")
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "peak_mib": mem.peak, "audio_s": sum(r["duration_s"] for r in rows), "rows": len(rows)}
+
+
+def run_ray(manifest: str, out: str) -> dict:
+    from tokenization.encode import encode
+    from tokenization.ray_utils import ensure_ray
+
+    t_init = time.perf_counter()
+    ensure_ray(num_cpus=os.cpu_count())
+    init_s = time.perf_counter() - t_init
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        meta = encode(manifest, "mfcc", out, rows_per_shard=64, progress=False)
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "ray_init_s": init_s, "peak_mib": mem.peak, "audio_s": meta.counts["hours"] * 3600,
+            "rows": meta.counts["utterances"]}
+
+
+def make_corpus(root: Path, n_files: int, seconds: float) -> Path:
+    """n_files WAVs of ~`seconds` each: stories spoken in rotating voices/rates (concatenated to the length)."""
+    import numpy as np
+    import soundfile as sf
+    import soxr
+
+    from tokenization.manifest import build_manifest
+    from tokenization.stories import generate_stories
+    from tokenization.synth import DEFAULT_RATES, DEFAULT_VOICES, tts
+
+    audio = root / "audio"
+    audio.mkdir(parents=True, exist_ok=True)
+    stories = generate_stories(n_files * 2, seed=7)
+    pairs = [(v, r) for r in DEFAULT_RATES for v in DEFAULT_VOICES]
+    for i in range(n_files):
+        parts, total, j = [], 0, 0
+        while total < seconds * 16000:
+            voice, rate = pairs[(i + j) % len(pairs)]
+            wav, sr = tts(stories[(2 * i + j) % len(stories)], voice=voice, rate=rate)
+            parts.append(soxr.resample(wav, sr, 16000))
+            total += len(parts[-1])
+            j += 1
+        sf.write(audio / f"f{i:05d}.wav", np.concatenate(parts)[: int(seconds * 16000)], 16000)
+    return build_manifest(audio, root / "manifest.parquet", progress=False)
+
+
+def _subprocess(variant: str, manifest: Path, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, __file__, "--run", variant, "--manifest", str(manifest), "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_gpu_hubert(minutes: float = 10.0) -> None:
+    import numpy as np
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    from tokenization.kmeans import Codebook
+    from tokenization.tokenizer import TokenizerSpec, UnitTokenizer
+
+    if not torch.cuda.is_available():
+        print("GPU HuBERT real-time factor: skipped (no CUDA device)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        HubertModel(HubertConfig()).save_pretrained(tmp)  # HuBERT-base shape, random weights: same FLOPs
+        rng = np.random.default_rng(0)
+        Codebook(rng.normal(size=(500, 768)).astype(np.float32), features={"kind": "hubert", "layer": 11}).save(Path(tmp) / "kmeans")
+        tok = UnitTokenizer(TokenizerSpec(kind="hubert", model_dir=tmp, layer=11, kmeans=str(Path(tmp) / "kmeans")))
+        chunks = [rng.normal(scale=0.1, size=16000 * 60).astype(np.float32) for _ in range(int(minutes))]
+        tok.frame_units(chunks[:2])  # warm-up: cuDNN autotune, torch.compile
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(0, len(chunks), 4):
+            tok.frame_units(chunks[i: i + 4])
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        print(f"GPU HuBERT-base layer 11 + k-means(500) on {torch.cuda.get_device_name()}: {minutes:.0f} min of audio "
+              f"in {wall:.2f} s -> real-time factor {minutes * 60 / wall:,.0f}x (goal >= 3,000x on one H100); "
+              f"dtype {tok.extractor.dtype}, peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=240, help="files in the smaller corpus (the larger has 2x)")
+    parser.add_argument("--seconds", type=float, default=12.0, help="length of each file")
+    parser.add_argument("--run", choices=["loop", "ray"], help=argparse.SUPPRESS)
+    parser.add_argument("--manifest", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-cpu", action="store_true", help="only the GPU measurement")
+    args = parser.parse_args()
+    if args.run:
+        print(json.dumps((run_loop if args.run == "loop" else run_ray)(args.manifest, args.out)))
+        return
+    print(f"machine: {os.cpu_count()} CPU(s); load average {os.getloadavg()[0]:.1f} at start")
+    if not args.skip_cpu:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = {}
+            for n in (args.files, 2 * args.files):
+                t0 = time.perf_counter()
+                manifest = make_corpus(Path(tmp) / f"c{n}", n, args.seconds)
+                print(f"corpus of {n} x {args.seconds:.0f} s files built in {time.perf_counter() - t0:.1f} s")
+                for variant in ("loop", "ray"):
+                    r = _subprocess(variant, manifest, Path(tmp) / f"out-{variant}-{n}")
+                    results[(variant, n)] = r
+                    extra = f", Ray start {r['ray_init_s']:.1f} s not counted" if "ray_init_s" in r else ""
+                    print(f"  {variant:4s} {n:5d} files: {r['wall_s']:7.2f} s wall, {r['audio_s'] / r['wall_s']:6.0f}x "
+                          f"real time, peak memory {r['peak_mib']:7.0f} MiB{extra}")
+            for n in (args.files, 2 * args.files):
+                ratio = results[("loop", n)]["wall_s"] / results[("ray", n)]["wall_s"]
+                print(f"speed ratio Ray Data / plain loop at {n} files: {ratio:.2f}x (goal >= 1.5x on 2 CPUs)")
+            for variant in ("loop", "ray"):
+                a, b = results[(variant, args.files)]["peak_mib"], results[(variant, 2 * args.files)]["peak_mib"]
+                print(f"peak memory {variant}: {a:.0f} MiB at {args.files} files, {b:.0f} MiB at {2 * args.files} "
+                      f"files (x{b / a:.2f} for 2x the corpus)")
+    bench_gpu_hubert()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Fault tolerance on local Ray with tiny models: a trial's worker SIGKILLed mid-training resumes from its
 checkpoint to the same final loss as an uninterrupted run; a SIGKILLed driver is finished by `sweep resume`
-without rerunning finished trials, and the results table (fed to `slmscale fit`) has every trial once."""
+without rerunning finished trials, and the results table has every trial exactly once."""
 from __future__ import annotations
 
 import json
@@ -100,12 +100,12 @@ def _kill_session(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def test_killed_driver_then_resume_finishes_once_and_fits(ray_local, units, tmp_path, capsys):
-    grid = write_grid(tmp_path / "grid.yaml", models=["tiny-100K", "tiny-1M"], tokens=[2048, 4096, 16384],
+def test_killed_driver_then_resume_finishes_every_trial_once(ray_local, units, tmp_path, capsys):
+    grid = write_grid(tmp_path / "grid.yaml", tokens=[2048, 4096, 16384],
                       train={**FAST_TRAIN, "checkpoint_every": 4}, max_concurrent=2)
     storage = tmp_path / "driver kill" / "sweep"  # a path with spaces
     assert main(["sweep", "plan", str(grid), "--units", str(units)]) == 0
-    assert "6 trials" in capsys.readouterr().out
+    assert "3 trials" in capsys.readouterr().out
 
     env = {**os.environ, "RAY_ADDRESS": "", "TQDM_DISABLE": "1"}
     driver = subprocess.Popen(
@@ -127,13 +127,13 @@ def test_killed_driver_then_resume_finishes_once_and_fits(ray_local, units, tmp_
         _kill_session(driver)
     before = {d.name: ((d / "row.json").stat().st_mtime_ns, (d / "attempt.json").read_text()) for d in runs.glob("*")
               if (d / "row.json").exists()}
-    assert before and len(before) < 6
+    assert before and len(before) < 3
 
     assert main(["sweep", "status", str(storage)]) == 0
     assert "FINISHED" in capsys.readouterr().out
 
     assert main(["sweep", "resume", str(storage), "--quiet"]) == 0, capsys.readouterr()
-    assert "6 of 6 trials finished" in capsys.readouterr().out
+    assert "3 of 3 trials finished" in capsys.readouterr().out
     for name, (mtime, attempt) in before.items():  # finished trials were not rerun
         assert (runs / name / "row.json").stat().st_mtime_ns == mtime
         assert (runs / name / "attempt.json").read_text() == attempt
@@ -143,10 +143,5 @@ def test_killed_driver_then_resume_finishes_once_and_fits(ray_local, units, tmp_
     out = tmp_path / "results.parquet"
     assert main(["sweep", "results", str(storage), "-o", str(out), "--complete"]) == 0
     df = pd.read_parquet(out)
-    assert len(df) == 6 and df["run_id"].is_unique
+    assert len(df) == 3 and df["run_id"].is_unique
     assert set(df["run_id"]) == {t["run_id"] for t in json.loads((storage / "sweep.json").read_text())["trials"]}
-
-    from sweep.cli import build_parser
-
-    if "fit" in build_parser()._subparsers._group_actions[0].choices:
-        assert main(["fit", "--results", str(out), "-o", str(tmp_path / "fit")]) == 0, capsys.readouterr().err

@@ -1,0 +1,85 @@
+"""Tune overhead per trial: the same trials run (a) directly, one after another, with models.train.train in
+this process, and (b) as a sweep (Ray Tune, one trial at a time on local Ray), measured side by side.
+
+    .venv/bin/python benchmarks/bench_sweep.py [--trials 4] [--tokens 65536] [--model tiny-100K]
+
+Overhead per trial = (Tune experiment wall time - direct wall time) / trials. The goal is at most 10% of a
+60 s trial (6 s); the printout gives the overhead both per trial and as a fraction of a 60 s trial.
+Ray start-up (`ray.init`) is paid once per sweep and reported separately.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=4, help="number of trials (distinct seeds)")
+    ap.add_argument("--tokens", type=int, default=65536, help="training tokens per trial")
+    ap.add_argument("--model", default="tiny-100K", help="ladder size")
+    args = ap.parse_args()
+
+    import ray
+
+    from models.synthetic_units import write_pattern_units
+    from models.train import train
+    from sweep.grid import grid_from_dict
+    from sweep.launch import launch
+    from sweep.trainable import train_config_for
+
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        tmp = Path(tmp)
+        units = write_pattern_units(tmp / "units", n_units=50, n_utterances=400)
+        spec = grid_from_dict({
+            "name": "bench", "models": [args.model], "tokens": [args.tokens], "seeds": list(range(args.trials)),
+            "train": {"context": 64, "tokens_per_update": 512, "eval_tokens": 4096, "test_tokens": 4096, "progress": False},
+            "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}, "max_concurrent": 1,
+        }, source="bench")
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        t_init = time.perf_counter() - t0
+
+        # (b) the sweep; it also fixes the exact trial configs that (a) reruns.
+        t0 = time.perf_counter()
+        summary = launch(spec, tmp / "sweep", units=str(units), verbose=0)
+        t_tune = time.perf_counter() - t0
+        assert summary["finished"] == args.trials, summary
+        ray.shutdown()
+
+        # (a) the same trials directly (the first also pays this process's torch/transformers import).
+        sweep = json.loads((tmp / "sweep" / "sweep.json").read_text())
+        t0 = time.perf_counter()
+        direct_loss = []
+        for trial in sweep["trials"]:
+            row = train(train_config_for(trial, sweep["settings"], tmp / "direct" / trial["run_id"]))
+            direct_loss.append(row["loss"])
+        t_direct = time.perf_counter() - t0
+
+        tune_loss = [json.loads((tmp / "sweep" / "runs" / t["run_id"] / "row.json").read_text())["loss"] for t in sweep["trials"]]
+        per_trial = (t_tune - t_direct) / args.trials
+        mean_trial = t_direct / args.trials
+        print(f"bench_sweep: {args.trials} trials of {args.model}, {args.tokens} tokens each, one at a time, "
+              f"{os.cpu_count()} CPU(s) on this machine")
+        print(f"  ray.init (once per sweep)        {t_init:8.2f} s")
+        print(f"  direct  (models.train.train)     {t_direct:8.2f} s   ({mean_trial:.2f} s per trial)")
+        print(f"  sweep   (Ray Tune, tuner.fit)    {t_tune:8.2f} s   ({t_tune / args.trials:.2f} s per trial)")
+        print(f"  Tune overhead per trial          {per_trial:8.2f} s   = {per_trial / mean_trial:.1%} of these trials, "
+              f"{per_trial / 60:.1%} of a 60 s trial (goal <= 10%)")
+        print(f"  same losses: {all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(tune_loss, direct_loss))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -212,9 +212,16 @@ def launch(
     return _fit(spec, root, sweep, verbose)
 
 
+def _quiet_tune() -> None:
+    # Tune snapshots its state after every checkpoint when num_to_keep is set (what makes resume exact) and
+    # warns about it each time; the snapshots are tiny here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
 def _fit(spec: GridSpec, root: Path, sweep: dict[str, Any], verbose: int) -> dict[str, Any]:
     from ray import tune
 
+    _quiet_tune()
     tuner = tune.Tuner(
         _trainable(spec),
         param_space={"trial": tune.grid_search([c["trial"] for c in _trial_configs(sweep)]), "sweep": sweep["settings"]},
@@ -246,6 +253,7 @@ def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: i
     if not tune.Tuner.can_restore(str(tune_dir)):
         # The driver died before Tune wrote its first state: nothing ran, so start the experiment now.
         return _fit(spec, root, sweep, verbose)
+    _quiet_tune()
     # Tuner.restore reads Tune's own (pickled) experiment state; sweep.json above proves this directory is
     # one `sweep launch` created. Never point `sweep resume` at storage that other people can write to.
     tuner = tune.Tuner.restore(

@@ -121,3 +121,21 @@ def test_launch_input_errors(units, tmp_path, capsys):
     for cmd in ("status", "results", "resume"):
         assert main(["sweep", cmd, str(tmp_path)]) == 2
         assert "not a sweep directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_multi_worker_trial_runs_ray_train_inside_tune(ray_local, units, tmp_path):
+    """workers > 1: the trainable (0.5 CPU) starts a Ray Train TorchTrainer (2 gloo workers x 0.5 CPU)."""
+    from sweep.grid import load_grid
+    from sweep.launch import launch
+
+    grid = write_grid(tmp_path / "mw.yaml", tokens=[4096], resources={"workers": 2, "cpus_per_worker": 0.5},
+                      max_failures=0)
+    summary = launch(load_grid(grid), tmp_path / "s", units=str(units), verbose=0)
+    assert summary["finished"] == 1, summary
+    run_dir = tmp_path / "s" / "runs" / "tiny-100K-D4.1k-s0"
+    assert json.loads((run_dir / "config.json").read_text())["workers"] == 2
+    assert (run_dir / "ray_train").is_dir()  # the TorchTrainer's own run storage inside the run dir
+    df = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    assert len(df) == 1 and df["loss"].iloc[0] > 0

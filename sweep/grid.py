@@ -7,7 +7,9 @@
     d_over_n: [2, 8, 32]                   # exactly one of d_over_n / flops (isoFLOP budgets) / tokens
     unique_tokens: [null, 2.0e5]           # optional caps on unique tokens (multi-epoch runs); null = single epoch
     seeds: [0]
-    eval: [embedded:sblimp]                # benchmarks for models.evaluation.evaluate, run after training
+    eval: [embedded:sblimp,                # benchmarks for models.evaluation.evaluate, run after training:
+           {benchmark: /data/sblimp/syntactic/dev, units: /data/sblimp-units}]   # a folder, or a folder +
+                                           # its already-encoded unit dataset (same tokenizer hash as the model)
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
     model_resources: {tiny-3M: {workers: 2}}   # optional per-size overrides of `resources`
     train: {checkpoint_every: 50}          # further models.train.TrainConfig fields, the same for every trial
@@ -121,7 +123,7 @@ class GridSpec:
     seeds: tuple[int, ...] = (0,)
     units: str | None = None
     n_units: int = 500  # K, for parameter counts when the unit dataset is not at hand (paper: 500)
-    eval: tuple[str, ...] = ()
+    eval: tuple[dict[str, str], ...] = ()  # {"benchmark": folder or embedded:<name>, "units": dir (optional), "task"}
     resources: TrialResources = field(default_factory=TrialResources)
     model_resources: dict[str, TrialResources] = field(default_factory=dict)  # per-size overrides of `resources`
     train: dict[str, Any] = field(default_factory=dict)
@@ -150,8 +152,13 @@ class GridSpec:
             raise SlmscaleError(f"{w}: field 'seeds' must list at least one seed")
         if not self.unique_tokens:
             raise SlmscaleError(f"{w}: field 'unique_tokens' must list at least one entry (null = single epoch)")
-        if not all(isinstance(e, str) and e for e in self.eval):
-            raise SlmscaleError(f"{w}: field 'eval' must be a list of benchmark folders or embedded:<name>, got {list(self.eval)!r}")
+        for i, e in enumerate(self.eval):
+            if not isinstance(e, dict) or not isinstance(e.get("benchmark"), str) or not e["benchmark"] \
+                    or set(e) - {"benchmark", "units", "task"} or not all(isinstance(v, str) for v in e.values()):
+                raise SlmscaleError(
+                    f"{w}: field 'eval[{i}]' must be a benchmark folder, embedded:<name>, or a mapping with 'benchmark' "
+                    f"and optional 'units' / 'task' paths, got {e!r}"
+                )
         if not isinstance(self.train, dict):
             raise SlmscaleError(f"{w}: field 'train' must be a mapping of TrainConfig fields, got {self.train!r}")
         reserved = {"units_dir", "model", "tokens", "out_dir", "unique_tokens", "seed", "workers", "gpus_per_worker"}
@@ -219,8 +226,9 @@ def grid_from_dict(raw: Any, source: str = "<grid>") -> GridSpec:
         None if u is None else _number(f"{source}: field 'unique_tokens[{i}]'", u, integer=True) for i, u in enumerate(uniques)
     )
     evals = raw.get("eval") or []
-    if isinstance(evals, str):
+    if not isinstance(evals, list):
         evals = [evals]
+    evals = [{"benchmark": e} if isinstance(e, str) else e for e in evals]
     units = raw.get("units")
     if units is not None and not isinstance(units, str):
         raise SlmscaleError(f"{source}: field 'units' must be a path, got {units!r}")
@@ -234,7 +242,7 @@ def grid_from_dict(raw: Any, source: str = "<grid>") -> GridSpec:
         seeds=_number_list(f"{source}: field 'seeds'", raw.get("seeds", [0]), integer=True, allow_zero=True),
         units=units,
         n_units=_number(f"{source}: field 'n_units'", raw.get("n_units", 500), integer=True),
-        eval=tuple(evals) if isinstance(evals, list) else (evals,),
+        eval=tuple(evals),
         resources=_sub(TrialResources, f"{source}: field 'resources'", raw.get("resources")),
         model_resources=_model_resources(source, raw.get("model_resources")),
         train=raw.get("train") or {},
@@ -247,7 +255,7 @@ def grid_from_dict(raw: Any, source: str = "<grid>") -> GridSpec:
 
 
 def load_grid(path: str | Path) -> GridSpec:
-    """Read and validate a grid YAML file. A relative `units` path is taken relative to the YAML file."""
+    """Read and validate a grid YAML file. Relative `units` and `eval` paths are taken relative to the YAML file."""
     import yaml
 
     path = Path(path)
@@ -258,9 +266,15 @@ def load_grid(path: str | Path) -> GridSpec:
     except yaml.YAMLError as exc:
         raise SlmscaleError(f"{path}: not valid YAML: {exc}") from None
     spec = grid_from_dict(raw, source=str(path))
-    if spec.units and not Path(spec.units).expanduser().is_absolute():
-        spec = _replace(spec, units=str((path.parent / spec.units).resolve()))
-    return spec
+
+    def near_yaml(p: str) -> str:
+        return p if p.startswith("embedded:") or Path(p).expanduser().is_absolute() else str((path.parent / p).resolve())
+
+    return _replace(
+        spec,
+        units=near_yaml(spec.units) if spec.units else None,
+        eval=tuple({k: (near_yaml(v) if k != "task" else v) for k, v in e.items()} for e in spec.eval),
+    )
 
 
 def _replace(spec: GridSpec, **changes) -> GridSpec:

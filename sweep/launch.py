@@ -172,6 +172,11 @@ def launch(
     if not units:
         raise SlmscaleError(f"{spec.source}: field 'units' is not set; pass --units DIR")
     units, n_units, units_hash = _units_info(units)
+    for i, entry in enumerate(spec.eval):
+        for key in ("benchmark", "units"):
+            value = entry.get(key)
+            if value and not value.startswith("embedded:") and not Path(value).expanduser().exists():
+                raise SlmscaleError(f"{spec.source}: field 'eval[{i}].{key}': {value} does not exist")
     spec = _replace(spec, units=units, max_concurrent=max_concurrent or spec.max_concurrent)
     plan = make_plan(spec, units)
     # Refuse a grid whose train overrides TrainConfig cannot take, before any Ray work.

@@ -9,7 +9,8 @@ optimizer state a second time.
 
 Files this module writes into the run dir (next to those of `models.train`):
     attempt.json        host, pid, attempt number, start time of the current attempt (for `sweep status`)
-    eval/<name>.json    one evaluation result per benchmark (skipped on a restart when present)
+    sweep_evals.json    metrics of each finished evaluation (models.evaluation writes eval/<name>.json),
+                        so a restarted trial skips the evaluations already done
     row.json            the final results row, training + evaluation metrics: its presence means FINISHED
 """
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import socket
 import tempfile
 import time
@@ -30,7 +30,7 @@ __all__ = ["run_trial", "train_trial", "run_dir_of", "ROW_FILE", "ATTEMPT_FILE",
 
 ROW_FILE = "row.json"
 ATTEMPT_FILE = "attempt.json"
-EVAL_DIR = "eval"
+EVAL_INDEX = "sweep_evals.json"
 
 
 def run_dir_of(storage: str | Path, run_id: str) -> Path:
@@ -62,23 +62,24 @@ def train_config_for(trial: dict[str, Any], sweep: dict[str, Any], run_dir: Path
     return TrainConfig(**{k: v for k, v in fields.items() if k in known})
 
 
-def _slug(benchmark: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", benchmark.strip("/")).strip("_")[-80:] or "benchmark"
+def evaluate_run(run_dir: Path, evals: list[dict[str, str]]) -> dict[str, float]:
+    """Run each benchmark once per run dir and merge their metric columns.
 
-
-def evaluate_run(run_dir: Path, benchmarks: list[str]) -> dict[str, float]:
-    """Run each benchmark once per run dir (results cached in eval/<name>.json) and merge their metric columns."""
+    `models.evaluation.evaluate` writes the full result to eval/<name>.json; the metrics are also indexed in
+    EVAL_INDEX by the grid's benchmark entry, so a trial restarted after (some of) its evaluations skips them."""
+    index_path = run_dir / EVAL_INDEX
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     metrics: dict[str, float] = {}
-    for bench in benchmarks:
-        out = run_dir / EVAL_DIR / f"{_slug(bench)}.json"
-        if out.is_file():
-            result = json.loads(out.read_text())
-        else:
+    for entry in evals:
+        key = json.dumps(entry, sort_keys=True)
+        if key not in index:
             from models.evaluation import evaluate
 
-            result = evaluate(str(run_dir), bench)
-            atomic_write_json(out, result)
-        metrics.update({k: float(v) for k, v in result["metrics"].items()})
+            result = evaluate(str(run_dir), entry["benchmark"], units_dir=entry.get("units"), task=entry.get("task"),
+                              progress=False)
+            index[key] = {k: float(v) for k, v in result["metrics"].items()}
+            atomic_write_json(index_path, index)
+        metrics.update(index[key])
     return metrics
 
 

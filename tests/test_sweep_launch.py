@@ -26,6 +26,37 @@ def units(tmp_path_factory):
     return write_pattern_units(tmp_path_factory.mktemp("units"), n_units=50, n_utterances=300, seed=1)
 
 
+def write_sblimp_with_units(root: Path, train_units: Path) -> tuple[Path, Path]:
+    """A tiny sBLIMP-layout folder (gold.csv + WAVs, 8 pairs x 1 voice) and its unit dataset, encoded "with the
+    model's tokenizer" (same tokenizer hash as the training units), so a trial can score it without audio models."""
+    import numpy as np
+    import pyarrow as pa
+    import soundfile as sf
+
+    from tokenization.schema import UnitsMeta, read_meta, write_meta, write_shard
+
+    meta = read_meta(train_units)
+    split = root / "syntactic" / "dev"
+    split.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows, names, seqs = [], [], []
+    for pair in range(8):
+        for label in (1, 0):
+            name = f"p{pair}_{label}"
+            rows.append(f"{pair},{name},phen{pair % 2},s,{label},x,v1")
+            sf.write(split / f"{name}.wav", np.zeros(160, np.float32), 16000)
+            names.append(name)
+            seqs.append(rng.integers(0, meta.vocab_size, size=10).tolist())
+    (split / "gold.csv").write_text("id,filename,type,subtype,correct,transcription,voice\n" + "\n".join(rows) + "\n")
+    units = root / "units"
+    write_shard(units / "shard-00000.parquet", pa.table({
+        "utt_id": names, "units": seqs, "durations": [[1] * 10] * len(names), "n_frames": [10] * len(names),
+        "n_units": [10] * len(names), "duration_s": [0.4] * len(names), "source": ["bench"] * len(names),
+        "sha256": [""] * len(names)}))
+    write_meta(units, UnitsMeta(vocab_size=meta.vocab_size, tokenizer=meta.tokenizer, dedup=meta.dedup))
+    return split, units
+
+
 def write_grid(path: Path, **fields) -> Path:
     raw = {"name": "t", "models": ["tiny-100K"], "tokens": [2048], "seeds": [0], "train": FAST_TRAIN,
            "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}, "max_failures": 1, **fields}
@@ -35,7 +66,9 @@ def write_grid(path: Path, **fields) -> Path:
 
 @pytest.mark.ray
 def test_small_grid_end_to_end(ray_local, units, tmp_path, capsys):
-    grid = write_grid(tmp_path / "grid.yaml", models=["tiny-100K", "tiny-1M"], tokens=[2048, 4096, 8192])
+    bench, bench_units = write_sblimp_with_units(tmp_path / "sblimp", units)
+    grid = write_grid(tmp_path / "grid.yaml", models=["tiny-100K", "tiny-1M"], tokens=[2048, 4096, 8192],
+                      eval=[{"benchmark": str(bench), "units": str(bench_units)}])
     storage = tmp_path / "my sweeps" / "run 1"  # spaces must work
 
     assert main(["sweep", "plan", str(grid), "--units", str(units)]) == 0
@@ -66,6 +99,10 @@ def test_small_grid_end_to_end(ray_local, units, tmp_path, capsys):
     for _, g in df.groupby("model"):
         g = g.sort_values("tokens")
         assert g["loss"].iloc[-1] < g["loss"].iloc[0]
+    # Downstream evaluation ran in every trial and its metric columns are in the table.
+    assert df["sblimp_macro"].between(0, 1).all() and df["sblimp_pair"].between(0, 1).all()
+    for run_dir in df["run_dir"]:
+        assert list(Path(run_dir, "eval").glob("*.json"))  # models.evaluation's full result, next to the run
     # The live copy, rewritten as trials finished, holds the same rows.
     assert sorted(pd.read_parquet(storage / "results.parquet")["run_id"]) == sorted(df["run_id"])
 

@@ -121,12 +121,25 @@ def decode_chunks(path: str | Path, chunk_s: float = 60.0, min_samples: int = 40
             _finish_checks(read, frames, peak, sr, min_samples)
             snd.seek(0)
             n_chunks = max(1, frames // chunk_src)  # a short tail joins the last chunk
+            target = int(round(chunk_s * TARGET_SR))
             resampler = soxr.ResampleStream(sr, TARGET_SR, 1, dtype="float32") if sr != TARGET_SR else None
-            for i in range(n_chunks):
-                want = chunk_src if i < n_chunks - 1 else frames - i * chunk_src
-                block = _mono(snd.read(want, dtype="float32", always_2d=True))
-                wav = resampler.resample_chunk(block, last=(i == n_chunks - 1)) if resampler else block
-                yield DecodedChunk(i, n_chunks, np.ascontiguousarray(wav, dtype=np.float32))
+            pending: list[np.ndarray] = []
+            n_pending, index, last = 0, 0, False
+            # The streaming resampler holds back a few hundred samples, so its output is re-cut into chunks of
+            # exactly `target` samples: chunk i then starts exactly at i * chunk_s seconds of the source.
+            for block in snd.blocks(blocksize=chunk_src, dtype="float32", always_2d=True):
+                last = snd.tell() >= frames
+                mono = _mono(block)
+                out = resampler.resample_chunk(mono, last=last) if resampler else mono
+                pending.append(np.asarray(out, dtype=np.float32))
+                n_pending += len(out)
+                while index < n_chunks - 1 and n_pending >= target:
+                    joined = np.concatenate(pending)
+                    yield DecodedChunk(index, n_chunks, np.ascontiguousarray(joined[:target]))
+                    pending, n_pending, index = [joined[target:]], n_pending - target, index + 1
+            if resampler is not None and not last:  # flush what the resampler still holds
+                pending.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            yield DecodedChunk(index, n_chunks, np.ascontiguousarray(np.concatenate(pending), dtype=np.float32))
             return
         try:
             data = snd.read(dtype="float32", always_2d=True)

@@ -44,8 +44,14 @@ def test_embedded_grammar_is_deterministic_and_covers_phenomena():
     assert len(stories) == 24 and all(q["correct"] != q["incorrect"] for q in stories)
 
 
-def test_embedded_storycloze_end_to_end_with_cache(ray_local, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One eval cache for this module: the storycloze encoding is done once and reused."""
+    return tmp_path_factory.mktemp("evalcache")
+
+
+def test_embedded_storycloze_end_to_end_with_cache(ray_local, tmp_path, shared_cache, monkeypatch):
+    cache = shared_cache
     run = _random_run(tmp_path / "run")
     folder = ensure_embedded("storycloze", cache, progress=False)
     bench = load_benchmark(folder)  # the released-layout reader loads the generated folder
@@ -67,6 +73,32 @@ def test_embedded_storycloze_end_to_end_with_cache(ray_local, tmp_path, monkeypa
     with pytest.raises(SlmscaleError, match="scores across tokenizers are meaningless"):
         evaluate(other, "embedded:storycloze", cache_dir=cache, progress=False)
     assert (units_dir / "meta.json").is_file()
+
+
+def test_in_process_encoding_matches_ray_data_encoding(ray_local, tmp_path, shared_cache):
+    """Inside a Ray worker (a sweep trial) eval encodes in-process with the pipeline's own stages; the units
+    must be identical to tokenization.encode's, and prepare_benchmark fills the cache the trials then read."""
+    from models.evaluation.encoding import encode_in_process
+    from models.evaluation.evaluator import prepare_benchmark
+    from tokenization.manifest import manifest_rows_for_files
+    from tokenization.schema import read_meta, read_units_table
+    from tokenization.tokenizer import load_tokenizer
+
+    # a training unit dataset's meta.json is all prepare_benchmark needs (tokenizer + hash)
+    train_units = tmp_path / "train_units"
+    train_units.mkdir()
+    (train_units / "meta.json").write_text(json.dumps({"vocab_size": load_tokenizer("mfcc").vocab_size,
+                                                       "tokenizer": load_tokenizer("mfcc").info()}))
+    cached = prepare_benchmark("embedded:storycloze", train_units, cache_dir=shared_cache, progress=False)
+    bench = load_benchmark(ensure_embedded("storycloze", shared_cache, progress=False))
+    manifest, rejects = manifest_rows_for_files([{"path": c.path, "utt_id": c.utt_id} for c in bench.candidates],
+                                                source="test", progress=False)
+    assert not rejects
+    local = encode_in_process(manifest, tmp_path / "local", tokenizer="mfcc")
+    a = read_units_table(cached, columns=("utt_id", "units")).sort_by("utt_id").to_pylist()
+    b = read_units_table(local, columns=("utt_id", "units")).sort_by("utt_id").to_pylist()
+    assert len(a) == 48 and a == b
+    assert read_meta(local).tokenizer_hash == read_meta(cached).tokenizer_hash
 
 
 def test_cli_embedded_sblimp_summary_line(ray_local, tmp_path, capsys):

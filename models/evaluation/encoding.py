@@ -16,11 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from analysis.io import SlmscaleError, atomic_write_json
+from analysis.io import SlmscaleError, atomic_write_json, code_version
 
 from .benchmarks import Benchmark
 
-__all__ = ["default_cache_dir", "tokenizer_spec", "check_units_match", "read_candidate_units", "encode_benchmark"]
+__all__ = ["default_cache_dir", "tokenizer_spec", "check_units_match", "read_candidate_units", "encode_benchmark",
+           "encode_in_process"]
 
 
 def default_cache_dir() -> Path:
@@ -120,7 +121,7 @@ def encode_benchmark(bench: Benchmark, run_info: dict[str, Any], cache_dir: str 
             "— make the model's tokenizer (checkpoint, layer and k-means codebook) available at the paths in its "
             "unit dataset's meta.json, or pass --units with the benchmark encoded by it"
         )
-    work = out.with_name(f".{out.name}.partial")
+    work = out.with_name(f".{out.name}.partial-{os.getpid()}")  # concurrent trials never share a work dir
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     entries = [{"path": c.path, "utt_id": c.utt_id, "transcript": c.text or None, "speaker": c.voice or None}
@@ -129,15 +130,69 @@ def encode_benchmark(bench: Benchmark, run_info: dict[str, Any], cache_dir: str 
     if rejects:
         raise SlmscaleError(f"{bench.root}: {len(rejects)} benchmark file(s) unreadable, first: {rejects[0]}")
     manifest = write_manifest(rows, work / "manifest.parquet")
-    encode(manifest, out_dir=work / "units", progress=progress, **kwargs)
+    if _inside_ray_worker():
+        # A Tune trial (or any task/actor) holds the CPUs/GPUs that a nested Ray Data actor pool would wait for
+        # forever; run the same two pipeline stages in this process instead (identical units, same hash).
+        encode_in_process(rows, work / "units", **kwargs)
+    else:
+        encode(manifest, out_dir=work / "units", progress=progress, **kwargs)
     check_units_match(work / "units", run_info)  # the hash the encoder produced must be the model's
     atomic_write_json(work / "units" / "benchmark.json", {"task": bench.task, "name": bench.name,
                                                           "root": str(bench.root), "fingerprint": bench.fingerprint()})
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(work / "units", out)  # the cache entry appears complete or not at all
+    try:
+        os.replace(work / "units", out)  # the cache entry appears complete or not at all
+    except OSError:  # another process completed the same entry first: keep its copy (identical by hash)
+        check_units_match(out, run_info)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _inside_ray_worker() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray._private.worker.WORKER_MODE
+    except Exception:  # Ray internals moved: assume the driver (the Ray Data path)
+        return False
+
+
+def encode_in_process(manifest_rows: list[dict[str, Any]], out_dir: Path, *, tokenizer: str, layer: int | None = None,
+                      kmeans: str | None = None, dedup: bool = True, batch_size: int = 16) -> Path:
+    """Encode a (small) benchmark in this process with the stages of tokenization's Ray Data pipeline
+    (`decode_row`, `UnitActor`), writing a regular unit dataset. Used inside Ray workers only."""
+    import numpy as np
+    import pyarrow as pa
+
+    from tokenization.pipeline import UnitActor, decode_row
+    from tokenization.schema import REJECTS_SCHEMA, UNIT_SHARD_SCHEMA, UnitsMeta, write_meta, write_shard
+    from tokenization.tokenizer import MIN_SAMPLES, parse_tokenizer
+
+    actor = UnitActor(parse_tokenizer(tokenizer, layer=layer, kmeans=kmeans), dedup=dedup)
+    chunks = [c for i, r in enumerate(manifest_rows)
+              for c in decode_row({**r, "row": i, "shard": 0}, chunk_s=3600.0, min_samples=MIN_SAMPLES)]
+    results: list[dict] = []
+    for start in range(0, len(chunks), batch_size):
+        part = chunks[start:start + batch_size]
+        batch = {k: np.array([c[k] for c in part], dtype=object) for k in part[0] if k != "wav"}
+        batch["wav"] = np.empty(len(part), dtype=object)
+        batch["wav"][:] = [c["wav"] for c in part]
+        results += actor(batch).to_pylist()
+    ok = [r for r in results if not r["reason"]]
+    rejects = [{"source": r["path"], "reason": r["reason"], "detail": f"utt_id={r['utt_id']}: {r['detail']}"}
+               for r in results if r["reason"]]
+    out_dir = Path(out_dir)
+    write_shard(out_dir / "shard-00000.parquet",
+                pa.Table.from_pylist([{k: r[k] for k in UNIT_SHARD_SCHEMA.names} for r in ok], schema=UNIT_SHARD_SCHEMA))
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), out_dir / "rejects.parquet")
+    meta = UnitsMeta(vocab_size=actor.tokenizer.vocab_size, tokenizer=actor.tokenizer.info(), dedup=dedup,
+                     counts={"utterances": len(ok), "units": int(sum(r["n_units"] for r in ok)),
+                             "rejected": len(rejects), "shards": 1},
+                     code_version=code_version(), extra={"encoded_by": "models.evaluation in-process (inside a Ray worker)"})
+    write_meta(out_dir, meta)
+    return out_dir
 
 
 def _encode_kwargs(spec: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from .encoding import check_units_match, encode_benchmark, read_candidate_units
 from .metrics import benchmark_metrics, convention
 from .scoring import ScoreConfig, pick_device, sequence_nll
 
-__all__ = ["evaluate", "score_benchmark", "resolve_benchmark", "merge_into_results", "run_id_of", "EMBEDDED"]
+__all__ = ["evaluate", "prepare_benchmark", "score_benchmark", "resolve_benchmark", "merge_into_results", "run_id_of",
+           "EMBEDDED"]
 
 EMBEDDED = ("embedded:sblimp", "embedded:storycloze")
 
@@ -37,6 +38,19 @@ def resolve_benchmark(benchmark: str | Path, cache_dir: str | Path | None = None
         folder = ensure_embedded(kind, cache_dir, progress=progress)
         return load_benchmark(folder, "sblimp" if kind == "sblimp" else "tsc")  # topic-style negatives
     return load_benchmark(text, task)
+
+
+def prepare_benchmark(benchmark: str | Path, units_dir: str | Path, *, cache_dir: str | Path | None = None,
+                      task: str | None = None, progress: bool = True) -> Path:
+    """Encode `benchmark` with the tokenizer of the training unit dataset `units_dir` into the cache, so that
+    later `evaluate` calls (e.g. inside sweep trials) find its units ready. Returns the cached unit dataset."""
+    from tokenization.schema import read_meta
+
+    meta = read_meta(units_dir)
+    info = {"tokenizer": meta.tokenizer.get("id"), "tokenizer_hash": meta.tokenizer_hash,
+            "units_dir": str(units_dir), "units_vocab_size": meta.vocab_size}
+    bench = resolve_benchmark(benchmark, cache_dir, task, progress=progress)
+    return encode_benchmark(bench, info, cache_dir, progress=progress)
 
 
 def score_benchmark(model, run_info: dict[str, Any], bench: Benchmark, units: list[list[int]],

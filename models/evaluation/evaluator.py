@@ -96,8 +96,8 @@ def evaluate(
 
     config = ScoreConfig(score=score, batch_size=batch_size, device=device, progress=progress).validate()
     run_dir = Path(run_dir)
+    bench = resolve_benchmark(benchmark, cache_dir, task, progress=progress)  # layout errors before loading weights
     model, info = load_model(run_dir, device=str(pick_device(device)))
-    bench = resolve_benchmark(benchmark, cache_dir, task, progress=progress)
     if units_dir is None:
         units_dir = encode_benchmark(bench, info, cache_dir, progress=progress)
     else:

@@ -24,6 +24,7 @@ def test_folder_manifest_records_headers_and_rejects(tmp_path):
     _tone(src / "spk1" / "a.wav", sr=16000, seconds=1.5)
     _tone(src / "b.flac", sr=44100, seconds=0.5, channels=2)
     _tone(src / "c.ogg", sr=8000, seconds=1.0)
+    _tone(src / "d.mp3", sr=22050, seconds=1.0)
     (src / "empty.wav").write_bytes(b"")
     (src / "text.mp3").write_bytes(b"this is not audio" * 10)
     (src / "notes.txt").write_text("ignored: not an audio extension")
@@ -31,15 +32,16 @@ def test_folder_manifest_records_headers_and_rejects(tmp_path):
     table = read_manifest(out)
     assert table.schema.names == MANIFEST_SCHEMA.names
     rows = {r["utt_id"]: r for r in table.to_pylist()}
-    assert sorted(rows) == ["b", "c", "spk1/a"]
+    assert sorted(rows) == ["b", "c", "d", "spk1/a"]
     assert rows["spk1/a"]["sample_rate"] == 16000 and rows["spk1/a"]["duration_s"] == pytest.approx(1.5)
     assert rows["b"]["channels"] == 2 and rows["b"]["sample_rate"] == 44100
     assert rows["c"]["sample_rate"] == 8000
+    assert rows["d"]["sample_rate"] == 22050 and rows["d"]["duration_s"] == pytest.approx(1.0, abs=0.1)
     assert rows["spk1/a"]["sha256"] == sha256_file(src / "spk1" / "a.wav")
     assert rows["spk1/a"]["source"] == "corpus" and rows["spk1/a"]["transcript"] is None
     rejects = pq.read_table(rejects_path_for(out)).to_pylist()
     assert sorted((r["source"].rsplit("/", 1)[1], r["reason"]) for r in rejects) == [("empty.wav", "empty"), ("text.mp3", "not_audio")]
-    assert len(rows) + len(rejects) == 5  # every audio-extension file is accounted for
+    assert len(rows) + len(rejects) == 6  # every audio-extension file is accounted for
 
 
 def test_tsv_and_jsonl_lists(tmp_path):

@@ -51,8 +51,11 @@ def _launch(args) -> int:
     from .grid import load_grid
     from .launch import launch
 
+    spec = load_grid(args.grid)
+    print(f"launching grid {spec.name!r} into {args.storage} (see `slmscale sweep plan` for the trials; "
+          f"watch with `slmscale sweep status '{args.storage}'`)", flush=True)
     summary = launch(
-        load_grid(args.grid), args.storage, units=args.units, address=args.address,
+        spec, args.storage, units=args.units, address=args.address,
         max_concurrent=args.max_concurrent, cluster_config=args.cluster_config, verbose=0 if args.quiet else 1,
     )
     return _print_summary(summary)

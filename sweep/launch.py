@@ -123,6 +123,25 @@ def _run_config(storage: Path, spec: GridSpec, verbose: int):
     )
 
 
+def _check_train_configs(spec: GridSpec, trials: list[Trial], root: Path, n_units: int) -> None:
+    """Build and validate every trial's TrainConfig and exact schedule now, so a budget smaller than one update
+    or a bad `train` value fails before launch, naming the trial, instead of as N errored trials later."""
+    from dataclasses import asdict as _asdict
+
+    from models.config import make_plan as make_train_plan
+
+    from .trainable import train_config_for
+
+    settings = {"units": spec.units, "train": spec.train,
+                "resources": {m: _asdict(spec.resources_for(m)) for m in spec.models}}
+    for trial in trials:
+        try:
+            cfg = train_config_for(trial.to_dict(), settings, root / "runs" / trial.run_id)
+            make_train_plan(cfg.validate(), n_units)
+        except (SlmscaleError, TypeError, ValueError) as exc:
+            raise SlmscaleError(f"{spec.source}: trial {trial.run_id}: {exc}") from None
+
+
 def _check_cluster(spec: GridSpec, trials: list[Trial], cluster_config: str | None) -> None:
     from .resources import autoscaler_nodes, check_fits, live_nodes
 
@@ -185,6 +204,7 @@ def launch(
     unknown = sorted(set(spec.train) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise SlmscaleError(f"{spec.source}: field 'train' has unknown TrainConfig field(s) {unknown}")
+    _check_train_configs(spec, plan.trials, root, n_units)
 
     check_address(address)
     ensure_ray(address)

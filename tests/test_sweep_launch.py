@@ -176,3 +176,32 @@ def test_multi_worker_trial_runs_ray_train_inside_tune(ray_local, units, tmp_pat
     assert (run_dir / "ray_train").is_dir()  # the TorchTrainer's own run storage inside the run dir
     df = pd.read_parquet(tmp_path / "s" / "results.parquet")
     assert len(df) == 1 and df["loss"].iloc[0] > 0
+
+
+def test_trial_configs_are_checked_before_launch(units, tmp_path, capsys):
+    # 256 tokens < one update of 512: models.train would refuse it; the sweep refuses the grid up front.
+    grid = write_grid(tmp_path / "g.yaml", tokens=[256, 4096])
+    assert main(["sweep", "launch", str(grid), "--units", str(units), "--storage", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "trial tiny-100K-D256-s0" in err and "smaller than one optimizer update" in err
+    bad = write_grid(tmp_path / "b.yaml", train={**FAST_TRAIN, "lr": -1})
+    assert main(["sweep", "launch", str(bad), "--units", str(units), "--storage", str(tmp_path / "s")]) == 2
+    assert "field 'lr'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_failing_trial_is_reported_as_error(ray_local, units, tmp_path, capsys):
+    # A unique-token cap above what the data holds passes the grid checks but is refused by models.train in
+    # the trial, after loading the data: the trial errors (max_failures 0), the launch says so and exits 1.
+    grid = write_grid(tmp_path / "g.yaml", tokens=[20_000_000], unique_tokens=[10_000_000], max_failures=0)
+    storage = tmp_path / "s"
+    assert main(["sweep", "launch", str(grid), "--units", str(units), "--storage", str(storage), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "0 of 1 trials finished" in out and "errored: tiny-100K-D20M-U10M-s0" in out and "sweep resume" in out
+    assert main(["sweep", "status", str(storage), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["state"] == "ERROR" and row["failures"] == 1
+    assert main(["sweep", "results", str(storage)]) == 2
+    assert "no trial has finished yet" in capsys.readouterr().err

@@ -172,8 +172,9 @@ def _run_pipeline(manifest: pa.Table, pending: dict[int, list[int]], spec: Token
     table = manifest.take(pa.array(rows, pa.int64())).select(["utt_id", "path", "source", "sha256"])
     table = table.append_column("row", pa.array(rows, pa.int64())).append_column(
         "shard", pa.array([shard_of[r] for r in rows], pa.int64()))
-    # Small blocks so that decoding spreads over tasks and one slow file does not hold back many others.
-    per_block = max(1, min(64, math.ceil(len(rows) / max(4 * actors, 1))))
+    # Small input blocks: decoding spreads over tasks, one slow file holds back few others, and a decode task's
+    # output (the audio of its files) is bounded by the block size, not by the corpus size.
+    per_block = max(1, min(16, math.ceil(len(rows) / max(4 * actors, 1))))
     blocks = [table.slice(i, per_block) for i in range(0, len(rows), per_block)]
 
     ctx = ray.data.DataContext.get_current()

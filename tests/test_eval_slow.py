@@ -4,7 +4,6 @@ sentence (20 copies, both voices) and never an incorrect one; it must score far 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa

@@ -94,7 +94,7 @@ def evaluate(
     "convention", "provenance"}; `metrics` keys are results-table columns."""
     from models.checkpoint import load_model
 
-    config = ScoreConfig(score=score, batch_size=batch_size, device=device, progress=progress).validate()
+    config = ScoreConfig(score=score, batch_size=batch_size, progress=progress).validate()
     run_dir = Path(run_dir)
     bench = resolve_benchmark(benchmark, cache_dir, task, progress=progress)  # layout errors before loading weights
     model, info = load_model(run_dir, device=str(pick_device(device)))
@@ -115,11 +115,16 @@ def evaluate(
         "provenance": {
             "run_dir": str(run_dir.resolve()),
             "run_id": run_id_of(run_dir, info),
+            "model": info.get("model"),
+            "n_params": info.get("n_params"),
+            "seed": info.get("seed"),
+            "units_vocab_size": info.get("units_vocab_size"),
             "model_dir": info.get("model_dir"),
             "step": info.get("step"),
             "finished": info.get("finished"),
             "tokenizer": info.get("tokenizer"),
             "tokenizer_hash": info.get("tokenizer_hash"),
+            "tokenizer_layer": (info.get("tokenizer_info") or {}).get("layer"),
             "benchmark_root": str(bench.root),
             "benchmark_fingerprint": bench.fingerprint(),
             "units_dir": str(units_dir),

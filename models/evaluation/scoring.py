@@ -28,7 +28,6 @@ SCORES = ("mean", "sum")
 class ScoreConfig:
     score: str = "mean"  # "mean" NLL per unit (paper) or "sum"
     batch_size: int = 32  # sequences per forward pass
-    device: str | None = None  # None: cuda if available, else cpu
     bf16: bool | None = None  # None: bf16 autocast on CUDA devices that support it
     progress: bool = True
 

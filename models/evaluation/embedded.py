@@ -196,8 +196,10 @@ def ensure_embedded(kind: str, cache_dir: str | Path | None = None, seed: int = 
         "kind": kind, "version": EMBEDDED_VERSION, "seed": seed, "items": len(items), "voices": list(EMBEDDED_VOICES),
         "rate": EMBEDDED_RATE, "tts": available_backend(), "code_version": code_version(),
     })
-    if final.exists():  # another process finished first: keep its copy
-        shutil.rmtree(work, ignore_errors=True)
-    else:
+    if final.exists() and not (final / "embedded.json").is_file():
+        shutil.rmtree(final, ignore_errors=True)  # a leftover without its completion marker (never made by us)
+    try:
         os.replace(work, final)
+    except OSError:  # another process (a parallel trial) finished first: keep its copy
+        shutil.rmtree(work, ignore_errors=True)
     return final

@@ -89,6 +89,9 @@ def _resources(spec: TokenizerSpec, cfg: EncodeConfig) -> tuple[int, float, floa
         if gpus < gpa:
             raise SlmscaleError(f"--gpus-per-actor {gpa}: the Ray cluster has {gpus:g} GPU(s)")
         actors = cfg.actors or max(1, int(gpus // gpa))
+        if actors * gpa > gpus:  # the pool would wait forever for GPUs that do not exist
+            raise SlmscaleError(f"--actors {actors} x --gpus-per-actor {gpa:g} needs {actors * gpa:g} GPUs; "
+                                f"the Ray cluster has {gpus:g}")
         cpa = max(0.5, min(2.0, (cpus - cfg.decode_cpus) / actors))
         batch = cfg.batch_size or 32
     else:

@@ -267,6 +267,8 @@ def encode(
     _check_plan(out_dir, {"manifest_sha256": manifest_sha, "tokenizer_hash": info["hash"],
                           "rows_per_shard": cfg.rows_per_shard, "chunk_s": cfg.chunk_s, "dedup": cfg.dedup})
 
+    for stale in [*out_dir.glob(".shard-*"), *(out_dir / _REJECTS_PARTS).glob(".shard-*")]:
+        stale.unlink(missing_ok=True)  # temp files of a writer killed mid-write: never a finished shard
     n_rows = len(table)
     n_shards = math.ceil(n_rows / cfg.rows_per_shard)
     pending = {s: list(range(s * cfg.rows_per_shard, min(n_rows, (s + 1) * cfg.rows_per_shard)))

@@ -169,6 +169,10 @@ def test_every_bad_input_becomes_units_or_one_reject(ray_local, tmp_path, tok):
     assert len(encoded_files) + len(rejects) == len(rows)  # rows in = encoded + rejected
     assert meta.counts["files"] == len(rows) and meta.counts["rejected"] == len(expected)
     assert meta.counts["encoded_files"] == len(encoded_files)
+    from tokenization.stats import unit_stats
+
+    reasons = list(expected.values())
+    assert unit_stats(out).attrs["rejected_by_reason"] == {r: reasons.count(r) for r in set(reasons)}
 
     assert units["good"]["units"] == reference_units(tok, ref["good"])
     assert units["stereo"]["units"] == units["good"]["units"]  # downmix of identical channels = the mono file

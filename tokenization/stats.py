@@ -31,6 +31,10 @@ def unit_stats(units_dir: str | Path) -> pd.DataFrame:
     grouped.attrs["tokenizer"] = meta.tokenizer.get("id", meta.tokenizer.get("kind"))
     grouped.attrs["vocab_size"] = meta.vocab_size
     grouped.attrs["rejected"] = meta.counts.get("rejected", 0)
+    rejects = Path(units_dir) / "rejects.parquet"
+    if rejects.is_file():
+        reasons = pq.read_table(rejects, columns=["reason"]).column("reason").to_pylist()
+        grouped.attrs["rejected_by_reason"] = {r: reasons.count(r) for r in sorted(set(reasons))}
     return grouped.drop(columns=["seconds"]).reset_index()[
         ["source", "utterances", "hours", "units", "frames", "units_per_s", "frames_per_unit"]]
 
@@ -42,5 +46,7 @@ def format_stats(df: pd.DataFrame) -> str:
     out["frames"] = out["frames"].map(lambda u: f"{int(u):,}")
     out["units_per_s"] = out["units_per_s"].map(lambda u: f"{u:.2f}")
     out["frames_per_unit"] = out["frames_per_unit"].map(lambda u: f"{u:.2f}")
-    header = f"tokenizer {df.attrs.get('tokenizer')}  K={df.attrs.get('vocab_size')}  rejected files: {df.attrs.get('rejected')}"
+    by_reason = df.attrs.get("rejected_by_reason") or {}
+    reasons = f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())})" if by_reason else ""
+    header = f"tokenizer {df.attrs.get('tokenizer')}  K={df.attrs.get('vocab_size')}  rejected files: {df.attrs.get('rejected')}{reasons}"
     return header + "\n" + out.to_string(index=False)

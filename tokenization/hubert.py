@@ -94,7 +94,7 @@ class HubertExtractor:
             raise SlmscaleError(f"hubert checkpoint {root}: could not load weights: {exc}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
-        self.model = model.eval().to(self.device)
+        self.model = model.eval().to(device=self.device, dtype=self.dtype)  # also where `dtype=` is not understood (transformers 4.x)
         self._forward = self.model
         if compile is None:
             compile = self.device.startswith("cuda")

@@ -94,7 +94,8 @@ class HubertExtractor:
             raise SlmscaleError(f"hubert checkpoint {root}: could not load weights: {exc}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
-        self.model = model.eval().to(device=self.device, dtype=self.dtype)  # also where `dtype=` is not understood (transformers 4.x)
+        # cast explicitly as well: transformers 4.x ignores `dtype=` (it was `torch_dtype=` there)
+        self.model = model.eval().to(device=self.device, dtype=self.dtype)
         self._forward = self.model
         if compile is None:
             compile = self.device.startswith("cuda")

@@ -41,6 +41,16 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
     one update, a unique-token cap the data cannot supply, or a RUN_DIR made by a different config."""
     cfg.validate()
     run_dir = Path(cfg.out_dir)
+    if cfg.parallel == "fsdp":
+        import torch
+
+        gpus = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1 if torch.cuda.is_available() else 0)
+        if not gpus or not (cfg.workers > 1 or cfg.use_ray):
+            raise SlmscaleError(
+                f"train config: field 'parallel' = 'fsdp' needs the Ray Train path on GPUs (Ray Train's FSDP is "
+                f"GPU-only), got workers={cfg.workers}, gpus_per_worker={gpus}; expected --workers > 1 with GPUs, "
+                f"or parallel='ddp'"
+            )
     meta = read_meta(cfg.units_dir)
     plan = make_plan(cfg, meta.vocab_size)
     units_hash = meta_hash(cfg.units_dir)

@@ -64,6 +64,8 @@ def test_bad_config_fields_are_named(units, tmp_path):
         train(_cfg(units, tmp_path / "run", min_lr=1.0))
     with pytest.raises(SlmscaleError, match="unknown model size"):
         train(_cfg(units, tmp_path / "run", model="1T"))
+    with pytest.raises(SlmscaleError, match="field 'parallel' = 'fsdp' needs the Ray Train path on GPUs"):
+        train(_cfg(units, tmp_path / "run", parallel="fsdp", workers=2, gpus_per_worker=0))
     with pytest.raises(SlmscaleError, match="unique_tokens: 99999999 exceeds"):
         train(_cfg(units, tmp_path / "run", unique_tokens=99_999_999))
 

@@ -114,3 +114,37 @@ def test_cli_embedded_sblimp_summary_line(ray_local, tmp_path, capsys):
     assert saved["details"]["n_phenomena"] == 5 and saved["details"]["n_voice_pairs"] == 80
     assert set(saved["details"]["by_voice"]) == {"en", "en-us+f2"}
     assert saved["provenance"]["score"] == "sum" and saved["provenance"]["code_version"].startswith("slmscale")
+
+
+def test_unigram_model_gets_benchmark_in_its_pieces(ray_local, tmp_path, shared_cache):
+    """A model trained on unigram tokens (SentencePiece over mfcc units): the benchmark's base units come from the
+    cache (parent tokenizer hash) and are rewritten by the same SentencePiece model; hashes match, scores exist."""
+    from models.evaluation.benchmarks import load_benchmark
+    from models.evaluation.encoding import encode_benchmark
+    from tokenization.schema import read_meta, read_units_table
+    from tokenization.tokenizer import load_tokenizer
+    from tokenization.unigram import apply_unigram, train_unigram
+
+    tok = load_tokenizer("mfcc")
+    bench = load_benchmark(ensure_embedded("storycloze", shared_cache, progress=False))
+    base = encode_benchmark(bench, {"tokenizer": "mfcc", "tokenizer_hash": tok.hash, "tokenizer_info": tok.info()},
+                            shared_cache, progress=False)  # cached by the end-to-end test
+    spm = train_unigram(base, tok.vocab_size + 50, tmp_path / "spm")
+    train_meta = apply_unigram(base, spm, tmp_path / "train_pieces")  # stands in for the training corpus
+    import torch
+
+    from models.ladder import build_model
+
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    build_model("tiny-100K", train_meta.vocab_size).save_pretrained(run / "model")
+    (run / "run.json").write_text(json.dumps({
+        "tokenizer": "unigram", "tokenizer_hash": train_meta.tokenizer_hash, "units_dir": str(tmp_path / "train_pieces"),
+        "units_vocab_size": train_meta.vocab_size, "eos_id": train_meta.vocab_size, "pad_id": train_meta.vocab_size + 1}))
+    result = evaluate(run, "embedded:storycloze", cache_dir=shared_cache, progress=False)
+    pieces = Path(result["provenance"]["units_dir"])
+    assert read_meta(pieces).tokenizer_hash == train_meta.tokenizer_hash != tok.hash
+    n_pieces = sum(map(len, read_units_table(pieces, columns=("units",)).column("units").to_pylist()))
+    n_units = sum(map(len, read_units_table(base, columns=("units",)).column("units").to_pylist()))
+    assert n_pieces < n_units  # pieces merge units
+    assert 0.0 <= result["metrics"]["tsc"] <= 1.0

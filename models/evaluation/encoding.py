@@ -100,15 +100,35 @@ def read_candidate_units(units_dir: str | Path, bench: Benchmark) -> list[list[i
 def encode_benchmark(bench: Benchmark, run_info: dict[str, Any], cache_dir: str | Path | None = None,
                      progress: bool = True) -> Path:
     """Encode the benchmark's audio with the model's tokenizer (cached); returns the unit dataset folder."""
-    from tokenization.manifest import manifest_rows_for_files, write_manifest
-
     spec = tokenizer_spec(run_info)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     out = cache / "units" / f"{bench.task}-{bench.fingerprint()[:16]}" / spec["hash"][:16]
     if (out / "meta.json").is_file():
         check_units_match(out, run_info)
         return out
+    work = out.with_name(f".{out.name}.partial-{os.getpid()}")  # concurrent trials never share a work dir
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    if spec.get("kind") == "unigram":
+        _encode_unigram(bench, spec, cache, work / "units", progress)
+    else:
+        _encode_audio(bench, spec, work, progress)
+    check_units_match(work / "units", run_info)  # the hash the encoder produced must be the model's
+    atomic_write_json(work / "units" / "benchmark.json", {"task": bench.task, "name": bench.name,
+                                                          "root": str(bench.root), "fingerprint": bench.fingerprint()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(work / "units", out)  # the cache entry appears complete or not at all
+    except OSError:  # another process completed the same entry first: keep its copy (identical by hash)
+        check_units_match(out, run_info)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _encode_audio(bench: Benchmark, spec: dict[str, Any], work: Path, progress: bool) -> None:
+    """Audio -> units with a feature tokenizer (mfcc / hubert + k-means) into `work/units`."""
     from tokenization.encode import encode
+    from tokenization.manifest import manifest_rows_for_files, write_manifest
     from tokenization.tokenizer import load_tokenizer
 
     kwargs = _encode_kwargs(spec)
@@ -121,9 +141,6 @@ def encode_benchmark(bench: Benchmark, run_info: dict[str, Any], cache_dir: str 
             "— make the model's tokenizer (checkpoint, layer and k-means codebook) available at the paths in its "
             "unit dataset's meta.json, or pass --units with the benchmark encoded by it"
         )
-    work = out.with_name(f".{out.name}.partial-{os.getpid()}")  # concurrent trials never share a work dir
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     entries = [{"path": c.path, "utt_id": c.utt_id, "transcript": c.text or None, "speaker": c.voice or None}
                for c in bench.candidates]
     rows, rejects = manifest_rows_for_files(entries, source=f"eval-{bench.task}", progress=progress)
@@ -136,16 +153,24 @@ def encode_benchmark(bench: Benchmark, run_info: dict[str, Any], cache_dir: str 
         encode_in_process(rows, work / "units", **kwargs)
     else:
         encode(manifest, out_dir=work / "units", progress=progress, **kwargs)
-    check_units_match(work / "units", run_info)  # the hash the encoder produced must be the model's
-    atomic_write_json(work / "units" / "benchmark.json", {"task": bench.task, "name": bench.name,
-                                                          "root": str(bench.root), "fingerprint": bench.fingerprint()})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(work / "units", out)  # the cache entry appears complete or not at all
-    except OSError:  # another process completed the same entry first: keep its copy (identical by hash)
-        check_units_match(out, run_info)
-    shutil.rmtree(work, ignore_errors=True)
-    return out
+
+
+def _encode_unigram(bench: Benchmark, spec: dict[str, Any], cache: Path, out: Path, progress: bool) -> None:
+    """Unigram (SentencePiece over units) models: the benchmark's base units (cached under the parent tokenizer's
+    hash, so they are shared with models trained on the base units) rewritten into pieces by the same model."""
+    from tokenization.unigram import apply_unigram
+
+    parent, model = spec.get("parent") or {}, spec.get("spm_model")
+    if not parent.get("hash") or not model:
+        raise SlmscaleError(f"unigram tokenizer {spec['hash'][:12]}: meta.json lacks 'parent' or 'spm_model', "
+                            "expected the tokenizer block written by `slmscale tokenize unigram apply`")
+    if not Path(model).is_file():
+        raise SlmscaleError(f"unigram model {model} (recorded in the model's unit dataset) is not on this machine; "
+                            "the benchmark cannot be tokenized like the training units")
+    base_info = {"tokenizer": parent.get("id"), "tokenizer_hash": parent["hash"],
+                 "tokenizer_info": {**parent, "dedup": spec.get("dedup", True)}}
+    base = encode_benchmark(bench, base_info, cache, progress=progress)
+    apply_unigram(base, model, out)
 
 
 def _inside_ray_worker() -> bool:

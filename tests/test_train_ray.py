@@ -62,3 +62,23 @@ def test_report_relay_and_error_unwrapping():
         assert _find_cause(TrainingFailed({0: wrapped})) is inner
     plain = ValueError("x")
     assert _find_cause(plain) is plain
+
+
+@pytest.mark.slow  # Tune trial + Train worker group start-up: over a minute on a loaded 2-core machine
+def test_tune_trial_receives_worker_reports(ray_local, tmp_path):
+    """A Tune function trainable calling train(workers=2) sees the workers' reports (TuneReportCallback is
+    added automatically inside a Tune session) and the trial's last result is the run's last report."""
+    from ray import tune
+
+    units = write_pattern_units(tmp_path / "u", n_units=40, n_utterances=300, seed=7)
+
+    def trainable(config):
+        train(TrainConfig(units_dir=str(units), model="tiny-100K", out_dir=str(tmp_path / "run"), tokens=512 * 4,
+                          checkpoint_every=2, workers=2, cpus_per_worker=0.5, threads=1, progress=False))
+
+    tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": 0.5}),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="t"))
+    result = tuner.fit().get_best_result(metric="step", mode="max")
+    assert result.error is None
+    assert result.metrics["step"] == 4 and result.metrics["tokens"] == 512 * 4
+    assert result.metrics["checkpoint_dir"].endswith("step-0000004")

@@ -93,18 +93,23 @@ def _units_info(units: str) -> tuple[str, int, str]:
     return str(path), meta.vocab_size, meta_hash(path)
 
 
-def _trial_configs(sweep: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"trial": t, "sweep": sweep["settings"]} for t in sweep["trials"]]
+def _param_space(root: Path, sweep: dict[str, Any]) -> dict[str, Any]:
+    """One Tune trial per run_id. The config stays tiny (Tune prints and snapshots it): the trainable reads its
+    trial and the launch settings from sweep.json on the shared storage."""
+    from ray import tune
+
+    return {"run_id": tune.grid_search([t["run_id"] for t in sweep["trials"]]), "sweep_file": str(root / SWEEP_FILE)}
 
 
-def _trainable(spec: GridSpec):
+def _trainable(spec: GridSpec, sweep: dict[str, Any]):
     from ray import tune
 
     from .resources import tune_resources
     from .trainable import run_trial
 
     per_model = {m: tune_resources(spec.resources_for(m)) for m in spec.models}
-    return tune.with_resources(run_trial, lambda config: per_model[config["trial"]["model"]])
+    model_of = {t["run_id"]: t["model"] for t in sweep["trials"]}
+    return tune.with_resources(run_trial, lambda config: per_model[model_of[config["run_id"]]])
 
 
 def _run_config(storage: Path, spec: GridSpec, verbose: int):
@@ -162,7 +167,7 @@ def _finish(grid, storage: Path) -> dict[str, Any]:
         "storage": str(storage),
         "trials": len(rows),
         "finished": sum(r["state"] == "FINISHED" for r in rows),
-        "errored": [{"run_id": (r.config or {}).get("trial", {}).get("run_id"), "error": str(r.error)[:500]} for r in errors],
+        "errored": [{"run_id": (r.config or {}).get("run_id"), "error": str(r.error)[:500]} for r in errors],
         "results": str(storage / RESULTS_FILE),
     }
 
@@ -248,15 +253,15 @@ def _fit(spec: GridSpec, root: Path, sweep: dict[str, Any], verbose: int) -> dic
 
     _quiet_tune()
     tuner = tune.Tuner(
-        _trainable(spec),
-        param_space={"trial": tune.grid_search([c["trial"] for c in _trial_configs(sweep)]), "sweep": sweep["settings"]},
+        _trainable(spec, sweep),
+        param_space=_param_space(root, sweep),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.max_concurrent,
             # A trial process imports torch + transformers (seconds); reusing it for the next trial of the
             # same shape removes that per-trial cost. Fault tolerance is unaffected: a dead actor is replaced.
             reuse_actors=True,
-            trial_dirname_creator=lambda trial: trial.config["trial"]["run_id"],
-            trial_name_creator=lambda trial: trial.config["trial"]["run_id"],
+            trial_dirname_creator=lambda trial: trial.config["run_id"],
+            trial_name_creator=lambda trial: trial.config["run_id"],
         ),
         run_config=_run_config(root, spec, verbose),
     )
@@ -283,7 +288,7 @@ def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: i
     # one `sweep launch` created. Never point `sweep resume` at storage that other people can write to.
     tuner = tune.Tuner.restore(
         str(tune_dir),
-        trainable=_trainable(spec),
+        trainable=_trainable(spec, sweep),
         resume_unfinished=True,
         resume_errored=True,
         restart_errored=False,

@@ -30,16 +30,18 @@ def tune_trial_states(tune_dir: Path) -> dict[str, dict[str, Any]]:
     except (OSError, json.JSONDecodeError):
         return {}  # mid-write by a live driver; the next call will read it
     out = {}
+    snapshot_time = snapshots[-1].stat().st_mtime
     for entry in state.get("trial_data", []):
         try:
             trial, runtime = json.loads(entry[0]), json.loads(entry[1])
-            run_id = trial["config"]["trial"]["run_id"]
+            run_id = trial["config"]["run_id"]
         except (KeyError, TypeError, IndexError, json.JSONDecodeError):
             continue
         out[run_id] = {
             "status": trial.get("status"),
             "num_failures": runtime.get("num_failures", 0),
             "error_file": runtime.get("error_filename"),
+            "snapshot_time": snapshot_time,
         }
     return out
 
@@ -89,6 +91,8 @@ def sweep_status(storage: str | os.PathLike) -> list[dict[str, Any]]:
                        tokens_per_s=float(final.get("tokens_per_s", math.nan)), eta_s=0.0, loss_kind="test")
         else:
             state = tune_state.get("status") or ("STARTED" if attempt else "PENDING")
+            if state == "PENDING" and attempt.get("started", 0) > tune_state.get("snapshot_time", 0):
+                state = "RUNNING"  # started after Tune's last snapshot
             if state == "TERMINATED":  # Tune says done but no row: the trial body never completed
                 state = "INCOMPLETE"
             tokens_done = int(m.get("tokens", 0))

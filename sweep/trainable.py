@@ -118,7 +118,7 @@ def _restore_from_tune_checkpoint(run_dir: Path) -> None:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. `config = {"trial": Trial.to_dict(), "sweep": launch settings}`.
+    """Tune function trainable. `config = {"run_id": str, "sweep_file": STORAGE/sweep.json}`.
 
     Returns None: Tune would report a returned dict a second time."""
     train_trial(config)
@@ -126,7 +126,12 @@ def run_trial(config: dict[str, Any]) -> None:
 
 def train_trial(config: dict[str, Any]) -> dict[str, Any]:
     """Body of `run_trial`; returns the trial's results row."""
-    trial, sweep = config["trial"], config["sweep"]
+    if "sweep_file" in config:
+        spec = json.loads(Path(config["sweep_file"]).read_text())
+        trial = next(t for t in spec["trials"] if t["run_id"] == config["run_id"])
+        sweep = spec["settings"]
+    else:  # called directly with an explicit trial + settings
+        trial, sweep = config["trial"], config["sweep"]
     run_dir = Path(sweep["run_root"]) / trial["run_id"]
     run_dir.mkdir(parents=True, exist_ok=True)
     row_path = run_dir / ROW_FILE

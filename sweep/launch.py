@@ -2,6 +2,7 @@
 
     STORAGE/
       sweep.json         the expanded grid, unit dataset + its meta hash, code version (written first)
+      driver.json        host and pid of the driver (a second live driver on the same host is refused)
       runs/<run_id>/     one training run dir per trial (models.train layout + row.json, eval/)
       tune/              Ray Tune's experiment state (Tuner.restore reads it)
       results.parquet    the results table, rewritten each time a trial finishes
@@ -11,6 +12,7 @@ One Tune trial per grid point (`tune.grid_search` over the trial list), resource
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict
@@ -81,6 +83,35 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
             f"could not reach a Ray cluster at --address {address!r}: {exc}; expected a running Ray head "
             f"(`ray start --head` or `ray up cluster.yaml`; from outside the cluster use an SSH tunnel)"
         ) from None
+
+
+DRIVER_FILE = "driver.json"
+
+
+def _claim_driver(root: Path) -> None:
+    """Record this process as the sweep's driver; refuse if another live driver on this host holds the sweep
+    (two drivers would train the same trials into the same run dirs)."""
+    import socket
+
+    path = root / DRIVER_FILE
+    if path.is_file():
+        try:
+            other = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            other = {}
+        pid = other.get("pid")
+        if other.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid():
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            try:
+                alive_driver = cmdline.is_file() and b"sweep" in cmdline.read_bytes()
+            except OSError:
+                alive_driver = False
+            if alive_driver:
+                raise SlmscaleError(
+                    f"{root}: another sweep driver (pid {pid}, started {time.ctime(other.get('started', 0))}) is "
+                    f"still running this sweep; wait for it, or stop it before `sweep resume`"
+                )
+    atomic_write_json(path, {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
 
 
 def _units_info(units: str) -> tuple[str, int, str]:
@@ -239,6 +270,7 @@ def launch(
         "code_version": code_version(),
     }
     atomic_write_json(root / SWEEP_FILE, sweep)
+    _claim_driver(root)
     return _fit(spec, root, sweep, verbose)
 
 
@@ -279,6 +311,7 @@ def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: i
     spec = grid_from_dict(sweep["grid"], source=str(root / SWEEP_FILE))
     tune_dir = root / TUNE_DIR
     check_address(address)
+    _claim_driver(root)
     ensure_ray(address)
     if not tune.Tuner.can_restore(str(tune_dir)):
         # The driver died before Tune wrote its first state: nothing ran, so start the experiment now.

@@ -98,8 +98,8 @@ def register(sub, formatter_class) -> None:
                         "plus totals. Nothing runs.", formatter_class=formatter_class)
     p.add_argument("grid", metavar="GRID.yaml", help="grid spec (see sweep/grids/tiny.yaml, sweep/grids/paper.yaml)")
     p.add_argument("--units", metavar="DIR", default=None,
-                   help="unit dataset whose meta.json gives K for parameter counts (default: the grid's 'units', "
-                   "else its 'n_units')")
+                   help="unit dataset whose meta.json gives K for parameter counts; None: the grid's 'units', "
+                   "else its 'n_units'")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(handler=_plan)
 
@@ -113,15 +113,15 @@ def register(sub, formatter_class) -> None:
     p.add_argument("--storage", required=True, metavar="PATH",
                    help="new directory for the sweep (run dirs, checkpoints, Tune state, results); on a cluster a "
                    "path every node mounts, e.g. /shared/sweeps/NAME")
-    p.add_argument("--units", metavar="DIR", default=None, help="unit dataset (overrides the grid's 'units')")
+    p.add_argument("--units", metavar="DIR", default=None, help="unit dataset; None: the grid's 'units'")
     p.add_argument("--address", default=None,
-                   help="Ray cluster to join, e.g. 'auto' on a head node or ray://HOST:10001 (default: $RAY_ADDRESS, "
-                   "else a local Ray)")
+                   help="Ray cluster to join, e.g. 'auto' on a head node or HOST:6379; None: $RAY_ADDRESS, "
+                   "else a new local Ray")
     p.add_argument("--max-concurrent", type=int, default=None, metavar="M",
-                   help="run at most M trials at once (default: the grid's max_concurrent, else as many as fit)")
+                   help="run at most M trials at once; None: the grid's max_concurrent, else as many as fit")
     p.add_argument("--cluster-config", default=None, metavar="YAML",
-                   help="cluster-launcher YAML whose worker types the autoscaler may add, for the resource check "
-                   "(default: ~/ray_bootstrap_config.yaml when present, i.e. on a `ray up` head node)")
+                   help="cluster-launcher YAML whose worker types the autoscaler may add, for the resource check; "
+                   "None: ~/ray_bootstrap_config.yaml when present (on a `ray up` head node)")
     p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
     p.set_defaults(handler=_launch)
 
@@ -131,7 +131,7 @@ def register(sub, formatter_class) -> None:
                         "resume storage you wrote: Tune's experiment state is pickled.",
                         formatter_class=formatter_class)
     p.add_argument("storage", metavar="STORAGE", help="the --storage of `sweep launch`")
-    p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--address", default=None, help="Ray cluster to join; None: $RAY_ADDRESS, else a new local Ray")
     p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
     p.set_defaults(handler=_resume)
 
@@ -152,6 +152,6 @@ def register(sub, formatter_class) -> None:
                         formatter_class=formatter_class)
     p.add_argument("storage", metavar="STORAGE", help="the --storage of `sweep launch`")
     p.add_argument("-o", "--output", default=None, metavar="OUT",
-                   help=".parquet or .csv output (default: STORAGE/results.parquet)")
+                   help=".parquet or .csv output; None: STORAGE/results.parquet")
     p.add_argument("--complete", action="store_true", help="refuse to write while some trial has not finished")
     p.set_defaults(handler=_results)

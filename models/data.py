@@ -55,18 +55,26 @@ class UnitStreams:
         return self.n_units + 1
 
 
-def _pack(values: np.ndarray, offsets: np.ndarray, order: np.ndarray, eos: int) -> np.ndarray:
-    """Concatenate utterances `order` (indices into offsets) with EOS after each, vectorised."""
-    starts, ends = offsets[order], offsets[order + 1]
-    lengths = ends - starts
-    out = np.full(int(lengths.sum()) + len(order), eos, dtype=np.int32)
-    # Position of each utterance in the output, then a gather index for every unit token.
-    out_starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
-    total = int(lengths.sum())
-    if total:
-        seg = np.repeat(np.arange(len(order)), lengths)
-        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        out[out_starts[seg] + within] = values[starts[seg] + within]
+def stream_dtype(n_units: int) -> np.dtype:
+    """uint16 while EOS (= K) fits, halving memory and disk for the paper's K = 500."""
+    return np.dtype(np.uint16) if n_units <= np.iinfo(np.uint16).max else np.dtype(np.int32)
+
+
+def _pack(values: np.ndarray, offsets: np.ndarray, order: np.ndarray, eos: int, chunk: int = 65536) -> np.ndarray:
+    """Concatenate utterances `order` (indices into offsets) with EOS after each. Vectorised per chunk of
+    utterances, so temporary index arrays stay small even for billions of units."""
+    lengths = offsets[order + 1] - offsets[order]
+    ends = np.cumsum(lengths + 1)
+    out = np.full(int(ends[-1]) if len(ends) else 0, eos, dtype=stream_dtype(eos))
+    for lo in range(0, len(order), chunk):
+        idx, lens = order[lo:lo + chunk], lengths[lo:lo + chunk]
+        total = int(lens.sum())
+        if not total:
+            continue
+        out_start = ends[lo:lo + chunk] - lens - 1  # where each utterance begins in `out`
+        seg = np.repeat(np.arange(len(idx)), lens)
+        within = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
+        out[out_start[seg] + within] = values[offsets[idx][seg] + within]
     return out
 
 
@@ -83,7 +91,7 @@ def load_unit_streams(units_dir: str | Path, val_fraction: float, test_fraction:
     units = table.column("units").combine_chunks()
     if isinstance(units, pa.ChunkedArray):  # pyarrow < 15 returns chunked for empty chunks
         units = pa.concat_arrays(units.chunks)
-    values = units.values.to_numpy(zero_copy_only=False).astype(np.int32)
+    values = units.values.to_numpy(zero_copy_only=False)  # uint16, zero-copy
     offsets = units.offsets.to_numpy().astype(np.int64)
     if units.offset or offsets[0] != 0:  # normalise a sliced list array
         values = values[offsets[0]:]
@@ -195,7 +203,7 @@ def cached_unit_streams(units_dir: str | Path, run_dir: str | Path, val_fraction
             arrays = {s: np.load(root / f"{s}.npy", mmap_mode="r") for s in SPLITS}
             return UnitStreams(arrays["train"], arrays["val"], arrays["test"], info["n_units"], info["utterances"])
     streams = load_unit_streams(units_dir, val_fraction, test_fraction, seed)
-    dtype = np.uint16 if streams.n_units + 1 <= np.iinfo(np.uint16).max else np.int32  # EOS = K must fit
+    dtype = stream_dtype(streams.n_units)
     root.mkdir(parents=True, exist_ok=True)
     for s in SPLITS:
         with atomic_path(root / f"{s}.npy", suffix=".npy") as tmp:

@@ -102,3 +102,16 @@ def test_packed_streams_are_cached_and_memory_mapped(tmp_path):
     reseeded = cached_unit_streams(units, tmp_path / "run", 0.05, 0.05, 1, h)  # other key: rebuilt
     assert not isinstance(reseeded.train, np.memmap)
     assert not np.array_equal(reseeded.train, first.train)
+
+
+def test_pack_in_chunks_equals_one_pass():
+    from models.data import _pack
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 9, size=50)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = rng.integers(0, 20, size=int(offsets[-1])).astype(np.uint16)
+    order = rng.permutation(50)
+    expected = np.concatenate([np.r_[values[offsets[i]:offsets[i + 1]], 20] for i in order])
+    for chunk in (1, 7, 1000):
+        np.testing.assert_array_equal(_pack(values, offsets, order, eos=20, chunk=chunk), expected)

@@ -46,6 +46,12 @@ def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> 
                 f"{sweep['units_meta_hash'][:12]}; expected every trial on the same units"
             )
         row.update(run_id=trial["run_id"], sweep=sweep["grid"]["name"], budget=trial["budget"])
+        # Tokenizer layer and K complete the provenance (the hash identifies the tokenizer; these say what it is).
+        run_json = run_root / trial["run_id"] / "run.json"
+        if run_json.is_file():
+            info = json.loads(run_json.read_text())
+            row.setdefault("tokenizer_layer", (info.get("tokenizer_info") or {}).get("layer"))
+            row.setdefault("n_units", info.get("units_vocab_size"))
         rows.append(row)
     if not rows:
         raise SlmscaleError(f"{root}: no trial has finished yet ({len(missing)} pending); see `slmscale sweep status {root}`")

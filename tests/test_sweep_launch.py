@@ -94,6 +94,7 @@ def test_small_grid_end_to_end(ray_local, units, tmp_path, capsys):
     assert (df["flops"] == 6 * df["n_params"] * df["tokens"]).all()
     assert (df["unique_tokens"] == df["tokens"]).all() and (df["epochs"] == 1).all()
     assert df["code_version"].str.startswith("slmscale").all()
+    assert (df["n_units"] == 50).all() and (df["seed"] == 0).all() and df["tokenizer_hash"].notna().all()
     assert {json.loads(c)["hidden_size"] for c in df["model_config"]} == {64, 128}
     # More training lowers the test loss for each size (a real signal from real training, not a stub).
     for _, g in df.groupby("model"):

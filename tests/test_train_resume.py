@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.checkpoint import list_checkpoints
+from models.checkpoint import list_checkpoints, load_model
 from models.synthetic_units import write_pattern_units
 from models.train import TrainConfig, train
 
@@ -57,6 +57,8 @@ def test_resume_is_bitwise_identical(units, tmp_path):
         train(_cfg(units, tmp_path / "resumed"), report=stop_after_first_checkpoint)
     assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == [f"step-{K:07d}"]
     assert not (tmp_path / "resumed" / "model").exists()
+    partial, info = load_model(tmp_path / "resumed")  # an unfinished run loads from its newest checkpoint
+    assert not info["finished"] and info["step"] == K and partial.config.vocab_size == 42
 
     seen = []
     resumed = train(_cfg(units, tmp_path / "resumed"), report=lambda m, c: seen.append(m["step"]))

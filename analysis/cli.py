@@ -1,7 +1,224 @@
-"""Subcommands of this stage (filled in by the stage's issue). See sweep/cli.py for the contract:
-`register(subparsers, formatter_class)` adds parsers whose `handler` is set with `set_defaults(handler=fn)`;
-`fn(args) -> int | None` imports heavy modules lazily and raises analysis.io.SlmscaleError on bad input."""
+"""`slmscale fit | optimal | downstream | report` — thin wrappers over analysis library functions.
+
+Handlers import numpy/torch/matplotlib lazily so `slmscale --help` stays instant. With `--json` the last
+line printed is exactly one JSON object (human-readable lines come before it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+RESULTS_HELP = "results table (.csv, .tsv or .parquet); one row per training run"
+
+
+def _add_columns(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("columns of the results table (to read other people's tables)")
+    g.add_argument("--n-col", default="n_params", help="column with the model size N (parameters)")
+    g.add_argument("--d-col", default="tokens", help="column with training tokens D; if absent, D = C / (6 N)")
+    g.add_argument("--loss-col", default="loss", help="column with the held-out loss")
+    g.add_argument("--flops-col", default="flops", help="column with training compute C; if absent, C = 6 N D")
+
+
+def _read(args, require_loss: bool = True):
+    from .schema import ColumnMap, read_results
+
+    return read_results(args.results, ColumnMap(args.n_col, args.d_col, args.loss_col, args.flops_col), require_loss)
+
+
+def _emit_json(obj: dict) -> None:
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    print(json.dumps(clean(obj), sort_keys=True, default=float))
+
+
+def _fit_config(args):
+    from .fit import FitConfig
+
+    return FitConfig(form=args.form, delta=args.delta, exclude_highest_loss=args.exclude_highest_loss,
+                     grid=args.grid, device=args.device).validate()
+
+
+def cmd_fit(args) -> int:
+    from .bootstrap import bootstrap_fit
+    from .fit import fit_scaling_law
+
+    df = _read(args)
+    config = _fit_config(args)
+    fit = fit_scaling_law(df, config, source=str(args.results), progress=not args.json)
+    out = fit.to_dict()
+    boot = None
+    if args.bootstrap:
+        boot = bootstrap_fit(df, fit, args.bootstrap, args.seed, args.ci, source=str(args.results), progress=not args.json)
+        out["ci"] = boot.ci()
+        out["ci_level"] = args.ci
+        out["bootstrap"] = {"n": args.bootstrap, "seed": args.seed}
+    if args.plot_dir:
+        from pathlib import Path
+
+        from .plots import plot_isoflops, plot_loss_vs_tokens, plot_optimal_vs_compute
+
+        d = Path(args.plot_dir)
+        used = df[~df["run_id"].astype(str).isin(fit.excluded_run_ids)]
+        lo, hi = float(df["flops"].min()), float(df["flops"].max())
+        out["plots"] = [str(p) for p in (
+            plot_loss_vs_tokens(used, fit.params, d / "loss_vs_tokens.png"),
+            plot_isoflops(used, fit.params, d / "isoflops.png"),
+            plot_optimal_vs_compute(fit.params, d / "optimal_vs_compute.png", (lo / 10, hi * 1000), boot,
+                                    observed=used, level=args.ci),
+        )]
+    p = fit.params
+    print(f"{config.form} fit of {fit.n_runs} runs ({fit.n_starts} starts, {fit.n_converged} converged, {fit.seconds:.1f} s): "
+          f"E={p.E:.4g} A={p.A:.4g} B={p.B:.4g} alpha={p.alpha:.4g} beta={p.beta:.4g}"
+          + (f" R_N*={p.R_N_star:.4g} R_D*={p.R_D_star:.4g}" if p.data_constrained else ""))
+    if boot is not None:
+        for k, (lo, hi) in out["ci"].items():
+            print(f"  {k:9s} {args.ci:.0%} CI [{lo:.4g}, {hi:.4g}]")
+    if args.json:
+        _emit_json(out)
+    return 0
+
+
+def cmd_optimal(args) -> int:
+    from .optimal import compute_optimal
+    from .params import load_params, preset
+
+    params = preset(args.preset) if args.preset else load_params(args.params)
+    alloc = compute_optimal(args.compute, params, args.unique_tokens)
+    out = alloc.to_dict()
+    out["params"] = params.to_dict()
+    print(f"C={alloc.compute:.3g} FLOPs: N_opt={alloc.N_opt:.4g} params, D_opt={alloc.D_opt:.4g} tokens "
+          f"(D/N={alloc.D_opt / alloc.N_opt:.3g}), predicted loss {alloc.loss:.4g} [{alloc.method}]")
+    if args.json:
+        _emit_json(out)
+    return 0
+
+
+def cmd_downstream(args) -> int:
+    from .downstream import downstream_analysis
+
+    df = _read(args, require_loss=True)
+    out = downstream_analysis(df, args.metric, args.versus, args.ci, args.compute_factor, source=str(args.results))
+    print(f"{args.metric}: Q = {out['k']:.4g} * C^{out['gamma']:.4g}  ({args.ci:.0%} CI of gamma "
+          f"[{out['ci']['gamma'][0]:.4g}, {out['ci']['gamma'][1]:.4g}], R²={out['r2']:.3f}, {out['n_runs']} runs)")
+    if "compute_multiplier" in out:
+        print(f"  vs gamma={out['versus']['gamma']:.4g} ({out['versus']['source']}): for the gain the other modality gets from "
+              f"{args.compute_factor:g}x compute, these models need {out['compute_multiplier']:.4g}x")
+    if args.plot_dir:
+        from pathlib import Path
+
+        from .downstream import GAMMA_TABLE4, fit_power_law, metric_family, metric_rows
+        from .plots import plot_downstream
+
+        rows = metric_rows(df, args.metric, str(args.results))
+        law = fit_power_law(rows["flops"], rows[args.metric], args.ci)
+        out["plot"] = str(plot_downstream(rows["flops"], rows[args.metric], law,
+                                          Path(args.plot_dir) / f"downstream_{args.metric}.png", args.metric, args.ci,
+                                          GAMMA_TABLE4.get(metric_family(args.metric) or "", {})))
+    if args.json:
+        _emit_json(out)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    df = _read(args)
+    summary = build_report(df, args.out, results_path=args.results, fit_config=_fit_config(args),
+                           n_boot=args.bootstrap, seed=args.seed, level=args.ci, budgets=args.budgets,
+                           metrics=args.metrics, progress=not args.json)
+    print(f"wrote {summary['report_md']} and {summary['report_html']} with {len(summary['figures'])} figures")
+    if args.json:
+        _emit_json(summary)
+    return 0
+
+
+def _add_fit_options(p: argparse.ArgumentParser, default_boot: int) -> None:
+    p.add_argument("--form", choices=("chinchilla", "data-constrained"), default="chinchilla",
+                   help="chinchilla: L = E + A/N^alpha + B/D^beta; data-constrained: Muennighoff et al. effective "
+                        "N', D' with R_N*, R_D* (needs unique_tokens and runs with epochs > 1)")
+    p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log-loss residuals (Hoffmann et al.)")
+    p.add_argument("--exclude-highest-loss", type=int, default=0, metavar="K",
+                   help="drop the K highest-loss runs before fitting (Epoch's replication drops 5)")
+    p.add_argument("--grid", choices=("epoch", "coarse"), default="epoch",
+                   help="initialisations: epoch = Hoffmann/Epoch grid of 4,500 (x4 R* values for data-constrained); "
+                        "coarse = 243")
+    p.add_argument("--bootstrap", type=int, default=default_boot, metavar="B",
+                   help="bootstrap resamples of the runs for confidence intervals (0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument("--ci", type=float, default=0.95, help="confidence level of the intervals")
+    p.add_argument("--device", default="auto", help="torch device for the fit: auto (CUDA if present), cpu, cuda:0")
 
 
 def register(sub, formatter_class) -> None:
-    return None
+    p = sub.add_parser(
+        "fit", formatter_class=formatter_class,
+        help="fit L(N, D) to a results table (Huber, batched multi-start)",
+        description="Fit the Chinchilla (or data-constrained) loss law to a results table.\n"
+                    "Output: the parameters E, A, B, alpha, beta (+ R_N_star, R_D_star), with --bootstrap their CIs.\n"
+                    "Example: slmscale fit --results results.parquet --exclude-highest-loss 5 --bootstrap 200 --json",
+    )
+    p.add_argument("--results", required=True, help=RESULTS_HELP)
+    _add_fit_options(p, default_boot=0)
+    p.add_argument("--plot-dir", help="write loss_vs_tokens.png, isoflops.png, optimal_vs_compute.png here")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _add_columns(p)
+    p.set_defaults(handler=cmd_fit)
+
+    p = sub.add_parser(
+        "optimal", formatter_class=formatter_class,
+        help="compute-optimal N and D for a FLOP budget",
+        description="Compute-optimal allocation of C = 6 N D from a preset or a params JSON (e.g. `fit --json` output).\n"
+                    "Presets: speech (paper Table 5, HuBERT units), text (Muennighoff et al.), hoffmann, epoch.\n"
+                    "Example: slmscale optimal --compute 1e21 --preset speech --unique-tokens 1e10 --json",
+    )
+    p.add_argument("--compute", type=float, required=True, help="FLOP budget C")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", choices=("speech", "text", "hoffmann", "epoch"), help="published parameter set")
+    src.add_argument("--params", metavar="FILE.json", help="JSON with keys E, A, B, alpha, beta [, R_N_star, R_D_star]")
+    p.add_argument("--unique-tokens", type=float, metavar="U",
+                   help="cap on unique training tokens (data-constrained params only): optimum found numerically")
+    p.add_argument("--json", action="store_true", help="print one JSON object (N_opt, D_opt, loss, ...) as the last line")
+    _add_columns(p)
+    p.set_defaults(handler=cmd_optimal)
+
+    p = sub.add_parser(
+        "downstream", formatter_class=formatter_class,
+        help="fit a downstream metric Q = k C^gamma; compare with text/speech",
+        description="Fit Q = k * C^gamma (log-log least squares, t-based CI) and Q linear in loss for one metric column.\n"
+                    "With --versus, the compute multiplier: how much more compute these models need for the score\n"
+                    "gain the other modality (paper Table 4 gamma, or a JSON {\"gamma\": g}) gets from --compute-factor.\n"
+                    "Example: slmscale downstream --results results.parquet --metric sblimp_macro --versus text --json",
+    )
+    p.add_argument("--results", required=True, help=RESULTS_HELP)
+    p.add_argument("--metric", required=True, help="metric column, e.g. sblimp_macro, ssc, tsc (runs without it are skipped)")
+    p.add_argument("--versus", help="text | speech (paper Table 4) | FILE.json with 'gamma'")
+    p.add_argument("--compute-factor", type=float, default=10.0, help="compute factor of the other modality")
+    p.add_argument("--ci", type=float, default=0.95, help="confidence level")
+    p.add_argument("--plot-dir", help="write downstream_<metric>.png here")
+    p.add_argument("--json", action="store_true", help="print one JSON object (gamma, k, ci, ...) as the last line")
+    _add_columns(p)
+    p.set_defaults(handler=cmd_downstream)
+
+    p = sub.add_parser(
+        "report", formatter_class=formatter_class,
+        help="write report.md + report.html with figures for a results table",
+        description="Self-contained report: trial table, fit with bootstrap CIs, N_opt/D_opt at a few budgets next to\n"
+                    "the paper's presets, downstream laws for metric columns present, provenance.\n"
+                    "Example: slmscale report --results results.parquet -o report/",
+    )
+    p.add_argument("--results", required=True, help=RESULTS_HELP)
+    p.add_argument("-o", "--out", required=True, help="output folder (report.md, report.html, *.png)")
+    _add_fit_options(p, default_boot=100)
+    p.add_argument("--budgets", type=float, nargs="+", help="FLOP budgets for the N_opt/D_opt table (default: span of the table)")
+    p.add_argument("--metrics", nargs="+", help="metric columns for downstream laws (default: sblimp_*, ssc, tsc present)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    _add_columns(p)
+    p.set_defaults(handler=cmd_report)

@@ -1,0 +1,79 @@
+"""Bootstrap confidence intervals for the fitted parameters and for N_opt / D_opt.
+
+Runs are resampled with replacement (a seeded numpy Generator, so a seed reproduces the intervals
+exactly). A resample is a vector of per-run counts, i.e. per-run weights for the same objective, so all
+B replicates are refitted in ONE batched minimisation: each replicate restarts from the distinct local
+optima of the full-grid fit (its basins), not from the whole grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .batched_newton import minimize_batched
+from .fit import FitData, FitResult, make_residuals, theta_to_params
+from .io import SlmscaleError
+from .optimal import closed_form_optimal
+from .params import ScalingParams
+
+__all__ = ["BootstrapResult", "bootstrap_fit", "PARAM_KEYS"]
+
+PARAM_KEYS = ("E", "A", "B", "alpha", "beta")
+
+
+@dataclass
+class BootstrapResult:
+    params: list[ScalingParams]  # one per replicate
+    level: float
+    seed: int
+    n_boot: int
+
+    def samples(self, key: str) -> np.ndarray:
+        return np.array([getattr(p, key) for p in self.params], dtype=float)
+
+    def interval(self, values: np.ndarray) -> list[float]:
+        tail = (1.0 - self.level) / 2.0 * 100.0
+        lo, hi = np.nanpercentile(values, [tail, 100.0 - tail])
+        return [float(lo), float(hi)]
+
+    def ci(self) -> dict[str, list[float]]:
+        keys = PARAM_KEYS + (("R_N_star", "R_D_star") if self.params[0].data_constrained else ())
+        return {k: self.interval(self.samples(k)) for k in keys}
+
+    def optimal_samples(self, compute) -> tuple[np.ndarray, np.ndarray]:
+        """(B, len(compute)) arrays of N_opt and D_opt, one row per replicate."""
+        rows = [closed_form_optimal(compute, p) for p in self.params]
+        return np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+
+    def optimal_ci(self, compute: float) -> dict[str, list[float]]:
+        n, d = self.optimal_samples([compute])
+        return {"N_opt": self.interval(n[:, 0]), "D_opt": self.interval(d[:, 0])}
+
+
+def bootstrap_fit(df: pd.DataFrame, fit: FitResult, n_boot: int = 200, seed: int = 0, level: float = 0.95,
+                  source: str = "results", progress: bool = False) -> BootstrapResult:
+    """Refit `n_boot` resamples of the runs `fit` used (same form, δ and exclusions)."""
+    if n_boot < 2:
+        raise SlmscaleError(f"--bootstrap: expected at least 2 resamples, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise SlmscaleError(f"--ci: expected a confidence level in (0, 1), got {level}")
+    config = fit.config
+    data = FitData.from_frame(df, config.exclude_highest_loss, source)
+    device = config.torch_device()
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, len(data), len(data)), minlength=len(data)) for _ in range(n_boot)])
+    starts = fit.local_optima if len(fit.local_optima) else fit.theta[None]
+    m = len(starts)
+    theta0 = torch.as_tensor(np.tile(starts, (n_boot, 1)), dtype=torch.float64, device=device)
+    weights = torch.as_tensor(np.repeat(counts, m, axis=0), dtype=torch.float64, device=device)
+    result = minimize_batched(make_residuals(config.form, data, device), theta0, weights, config.delta,
+                              max_iter=config.max_iter, desc="bootstrap" if progress else None)
+    values = result.value.cpu().numpy().reshape(n_boot, m)
+    values = np.where(np.isfinite(values), values, np.inf)
+    thetas = result.theta.cpu().numpy().reshape(n_boot, m, -1)
+    best = thetas[np.arange(n_boot), values.argmin(1)]
+    params = [theta_to_params(t, config.form, source=f"bootstrap {i}") for i, t in enumerate(best)]
+    return BootstrapResult(params=params, level=level, seed=seed, n_boot=n_boot)

@@ -70,6 +70,7 @@ def register(sub, formatter_class) -> None:
     t.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept on disk; default 2", default=argparse.SUPPRESS)
     t.add_argument("--eval-tokens", type=_int_tokens, help="validation tokens per evaluation; default 262,144", default=argparse.SUPPRESS)
     t.add_argument("--test-tokens", type=_int_tokens, help="held-out tokens for the final test loss; default 4,194,304", default=argparse.SUPPRESS)
+    t.add_argument("--data-cache", metavar="DIR", help="cache of packed splits (share one across a sweep); default RUN_DIR/data", default=argparse.SUPPRESS)
     t.add_argument("--seed", type=int, help="seed of initial weights and data order; default 0", default=argparse.SUPPRESS)
     t.add_argument("--lr", type=float, help="peak learning rate; default 5e-4", default=argparse.SUPPRESS)
     t.add_argument("--min-lr", type=float, help="final learning rate of the cosine; default 5e-5", default=argparse.SUPPRESS)
@@ -92,7 +93,7 @@ def register(sub, formatter_class) -> None:
 
 # argparse dest -> TrainConfig field, for options that map one to one
 _FIELDS = ("unique_tokens", "tokens_per_update", "micro_batch", "context", "workers", "gpus_per_worker",
-           "cpus_per_worker", "parallel", "use_ray", "checkpoint_every", "keep_checkpoints", "eval_tokens", "test_tokens", "report_every", "eval_every", "seed", "lr",
+           "cpus_per_worker", "parallel", "use_ray", "checkpoint_every", "keep_checkpoints", "eval_tokens", "test_tokens", "data_cache", "report_every", "eval_every", "seed", "lr",
            "min_lr", "warmup_steps", "val_fraction", "test_fraction", "device", "precision", "compile",
            "attn_implementation", "peak_tflops", "threads", "max_failures", "progress")
 

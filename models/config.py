@@ -21,7 +21,7 @@ ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
 RESUME_MAY_CHANGE = frozenset(
     {"units_dir", "out_dir", "workers", "gpus_per_worker", "use_ray", "micro_batch", "device", "compile",
      "attn_implementation", "peak_tflops", "threads", "progress", "report_every", "eval_every",
-     "checkpoint_every", "keep_checkpoints", "cpus_per_worker", "max_failures"}
+     "checkpoint_every", "keep_checkpoints", "cpus_per_worker", "max_failures", "data_cache"}
 )
 
 
@@ -66,6 +66,7 @@ class TrainConfig:
     attn_implementation: str = "auto"  # auto = flash_attention_2 if installed on CUDA, else sdpa
     peak_tflops: float | None = None  # device peak for MFU when the table does not know the device
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    data_cache: str | None = None  # where packed splits are cached (None: RUN_DIR/data); a sweep may share one
     progress: bool = True  # tqdm progress bar
 
     def validate(self) -> "TrainConfig":
@@ -127,6 +128,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def data_cache_dir(self) -> Path:
+        return Path(self.data_cache) if self.data_cache else Path(self.out_dir) / "data"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config.json") -> "TrainConfig":

@@ -9,16 +9,17 @@ uninterrupted run would have read.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from analysis.io import SlmscaleError
-from tokenization.schema import read_meta, read_units_table
+from tokenization.schema import read_meta, shard_paths
 
 __all__ = ["split_of", "UnitStreams", "load_unit_streams", "cached_unit_streams", "SequenceSampler", "eval_sequences"]
 
@@ -60,67 +61,90 @@ def stream_dtype(n_units: int) -> np.dtype:
     return np.dtype(np.uint16) if n_units <= np.iinfo(np.uint16).max else np.dtype(np.int32)
 
 
-def _pack(values: np.ndarray, offsets: np.ndarray, order: np.ndarray, eos: int, chunk: int = 65536) -> np.ndarray:
-    """Concatenate utterances `order` (indices into offsets) with EOS after each. Vectorised per chunk of
-    utterances, so temporary index arrays stay small even for billions of units."""
-    lengths = offsets[order + 1] - offsets[order]
-    ends = np.cumsum(lengths + 1)
-    out = np.full(int(ends[-1]) if len(ends) else 0, eos, dtype=stream_dtype(eos))
-    for lo in range(0, len(order), chunk):
-        idx, lens = order[lo:lo + chunk], lengths[lo:lo + chunk]
+def _list_parts(units) -> tuple[np.ndarray, np.ndarray]:
+    """(values, int64 offsets starting at 0) of a pyarrow list<uint16> array, without copying the values."""
+    if isinstance(units, pa.ChunkedArray):
+        units = pa.concat_arrays(units.chunks) if units.num_chunks != 1 else units.chunk(0)
+    offsets = units.offsets.to_numpy().astype(np.int64)
+    values = units.values.to_numpy(zero_copy_only=False)
+    return values[offsets[0]:offsets[-1]], offsets - offsets[0]
+
+
+def _scatter(out: np.ndarray, starts: np.ndarray, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
+             chunk: int = 65536) -> None:
+    """out[starts[i] : starts[i] + len(row i)] = units of row `rows[i]`, vectorised per chunk of rows."""
+    for lo in range(0, len(rows), chunk):
+        r, st = rows[lo:lo + chunk], starts[lo:lo + chunk]
+        lens = offsets[r + 1] - offsets[r]
         total = int(lens.sum())
         if not total:
             continue
-        out_start = ends[lo:lo + chunk] - lens - 1  # where each utterance begins in `out`
-        seg = np.repeat(np.arange(len(idx)), lens)
+        seg = np.repeat(np.arange(len(r)), lens)
         within = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
-        out[out_start[seg] + within] = values[offsets[idx][seg] + within]
-    return out
+        out[st[seg] + within] = values[offsets[r][seg] + within]
 
 
 def load_unit_streams(units_dir: str | Path, val_fraction: float, test_fraction: float, seed: int) -> UnitStreams:
     """Read every shard, check unit ids against meta.json's K, split by utt_id hash and pack each split.
 
+    Two passes over the shards, one shard in memory at a time: the first checks ids and collects utterance
+    ids and lengths, the second copies each utterance straight to its place in the output streams. The
+    order depends on utt_ids and the seed only, not on how utterances are spread over shards.
     Raises SlmscaleError (before any training compute) for an empty dataset, ids >= K, or an empty split."""
     meta = read_meta(units_dir)
     k = meta.vocab_size
-    table = read_units_table(units_dir, columns=("utt_id", "units"))
-    if table.num_rows == 0:
+    paths = shard_paths(units_dir)
+    if not paths:
+        raise SlmscaleError(f"{units_dir}: no shard-*.parquet files — the unit dataset is empty")
+
+    utt_ids: list[str] = []
+    lengths, shard_of, row_of = [], [], []
+    for s, path in enumerate(paths):
+        table = pq.read_table(path, columns=["utt_id", "units"])
+        values, offsets = _list_parts(table.column("units"))
+        if values.size and int(values.max()) >= k:
+            first = int(np.argmax(values >= k))
+            bad = int(np.searchsorted(offsets, first, side="right") - 1)
+            raise SlmscaleError(
+                f"{path}: unit id {int(values.max())} is out of range for vocab_size {k} in meta.json "
+                f"(first offending utterance {table.column('utt_id')[bad].as_py()!r}); expected ids in [0, {k})"
+            )
+        utt_ids.extend(table.column("utt_id").to_pylist())
+        lengths.append(np.diff(offsets))
+        shard_of.append(np.full(table.num_rows, s, dtype=np.int32))
+        row_of.append(np.arange(table.num_rows, dtype=np.int64))
+    if not utt_ids:
         raise SlmscaleError(f"{units_dir}: the unit shards hold no utterances")
-    table = table.sort_by("utt_id")  # shard layout must not change the data order
-    units = table.column("units").combine_chunks()
-    if isinstance(units, pa.ChunkedArray):  # pyarrow < 15 returns chunked for empty chunks
-        units = pa.concat_arrays(units.chunks)
-    values = units.values.to_numpy(zero_copy_only=False)  # uint16, zero-copy
-    offsets = units.offsets.to_numpy().astype(np.int64)
-    if units.offset or offsets[0] != 0:  # normalise a sliced list array
-        values = values[offsets[0]:]
-        offsets = offsets - offsets[0]
-    if values.size == 0:
-        raise SlmscaleError(f"{units_dir}: all {table.num_rows} utterances are empty (no units)")
-    top = int(values.max())
-    if top >= k:
-        bad = int(np.searchsorted(offsets, int(np.argmax(values >= k)), side="right") - 1)
-        raise SlmscaleError(
-            f"{units_dir}: unit id {top} is out of range for vocab_size {k} in meta.json "
-            f"(first offending utterance {table.column('utt_id')[bad].as_py()!r}); expected ids in [0, {k})"
-        )
-    utt_ids = table.column("utt_id").to_pylist()
-    split = np.array([split_of(u, val_fraction, test_fraction) for u in utt_ids])
-    lengths = np.diff(offsets)
+    length = np.concatenate(lengths)
+    shard_of, row_of = np.concatenate(shard_of), np.concatenate(row_of)
+    if not length.any():
+        raise SlmscaleError(f"{units_dir}: all {len(utt_ids)} utterances are empty (no units)")
+
+    by_id = np.array(sorted(range(len(utt_ids)), key=utt_ids.__getitem__), dtype=np.int64)  # stable
+    split = np.array([SPLITS.index(split_of(u, val_fraction, test_fraction)) for u in utt_ids], dtype=np.int8)
+    start = np.zeros(len(utt_ids), dtype=np.int64)  # where each utterance goes in its split's stream
     streams, counts = {}, {}
-    for name in SPLITS:
-        idx = np.flatnonzero((split == name) & (lengths > 0))
+    for code, name in enumerate(SPLITS):
+        idx = by_id[(split[by_id] == code) & (length[by_id] > 0)]
         counts[name] = int(idx.size)
         if idx.size == 0:
             raise SlmscaleError(
-                f"{units_dir}: the {name} split is empty ({table.num_rows} utterances, val_fraction={val_fraction}, "
+                f"{units_dir}: the {name} split is empty ({len(utt_ids)} utterances, val_fraction={val_fraction}, "
                 f"test_fraction={test_fraction}); expected at least one utterance in each split — "
                 f"use a larger dataset or larger fractions"
             )
         if name == "train":
             idx = idx[np.random.default_rng([seed, 0x5EED]).permutation(idx.size)]
-        streams[name] = _pack(values, offsets, idx, eos=k)
+        ends = np.cumsum(length[idx] + 1)
+        start[idx] = ends - length[idx] - 1
+        streams[name] = np.full(int(ends[-1]), k, dtype=stream_dtype(k))  # EOS everywhere, units copied over
+    in_split = length > 0
+    for s, path in enumerate(paths):
+        values, offsets = _list_parts(pq.read_table(path, columns=["units"]).column("units"))
+        mine = np.flatnonzero((shard_of == s) & in_split)
+        for code, name in enumerate(SPLITS):
+            sel = mine[split[mine] == code]
+            _scatter(streams[name], start[sel], values, offsets, row_of[sel])
     return UnitStreams(streams["train"], streams["val"], streams["test"], k, counts)
 
 
@@ -182,22 +206,21 @@ def eval_sequences(stream: np.ndarray, context: int, max_tokens: int | None, pad
 PACKED_DIR = "data"
 
 
-def cached_unit_streams(units_dir: str | Path, run_dir: str | Path, val_fraction: float, test_fraction: float,
+def cached_unit_streams(units_dir: str | Path, cache_root: str | Path, val_fraction: float, test_fraction: float,
                         seed: int, units_meta_hash: str) -> UnitStreams:
-    """`load_unit_streams`, packed once per run into RUN_DIR/data/{train,val,test}.npy and memory-mapped after.
+    """`load_unit_streams`, packed once into CACHE_ROOT/<key>/{train,val,test}.npy and memory-mapped after.
 
     Every Ray Train worker (and every resume) maps the same files instead of re-reading and re-packing the
-    shards into its own memory. The cache is keyed by the dataset's meta.json hash, the seed and the split
-    fractions; anything else rebuilds it. Files are written atomically."""
-    from analysis.io import atomic_path, atomic_write_json
+    shards into its own memory; runs of a sweep can share one cache root. The key (folder name) is a hash of
+    the dataset's meta.json hash, the seed and the split fractions. Files are written atomically, and runs
+    packing the same key at once write identical bytes."""
+    from analysis.io import atomic_path, atomic_write_json, sha256_bytes
 
-    root = Path(run_dir) / PACKED_DIR
     key = {"units_meta_hash": units_meta_hash, "seed": seed, "val_fraction": val_fraction,
            "test_fraction": test_fraction, "version": 1}
+    root = Path(cache_root) / sha256_bytes(json.dumps(key, sort_keys=True).encode())[:16]
     info_path = root / "packing.json"
     if info_path.is_file():
-        import json
-
         info = json.loads(info_path.read_text())
         if info.get("key") == key and all((root / f"{s}.npy").is_file() for s in SPLITS):
             arrays = {s: np.load(root / f"{s}.npy", mmap_mode="r") for s in SPLITS}

@@ -175,7 +175,7 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
 
     from tokenization.schema import meta_hash
 
-    streams = cached_unit_streams(cfg.units_dir, run_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed,
+    streams = cached_unit_streams(cfg.units_dir, cfg.data_cache_dir(), cfg.val_fraction, cfg.test_fraction, cfg.seed,
                                   meta_hash(cfg.units_dir))
     sampler = SequenceSampler(streams.train, plan.context, cfg.seed, cfg.unique_tokens)
     val_ids, val_mask = eval_sequences(streams.val, plan.context, cfg.eval_tokens, streams.pad_id)

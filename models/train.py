@@ -76,7 +76,7 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
 
     # Data checks (cheap next to training): ids in range, every split non-empty, U available.
     run_dir.mkdir(parents=True, exist_ok=True)
-    streams = cached_unit_streams(cfg.units_dir, run_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed, units_hash)
+    streams = cached_unit_streams(cfg.units_dir, cfg.data_cache_dir(), cfg.val_fraction, cfg.test_fraction, cfg.seed, units_hash)
     sampler = SequenceSampler(streams.train, plan.context, cfg.seed, cfg.unique_tokens)
 
     info = {

@@ -102,16 +102,23 @@ def test_packed_streams_are_cached_and_memory_mapped(tmp_path):
     reseeded = cached_unit_streams(units, tmp_path / "run", 0.05, 0.05, 1, h)  # other key: rebuilt
     assert not isinstance(reseeded.train, np.memmap)
     assert not np.array_equal(reseeded.train, first.train)
+    assert len(list((tmp_path / "run").iterdir())) == 2  # one folder per key: both stay valid side by side
+    assert isinstance(cached_unit_streams(units, tmp_path / "run", 0.05, 0.05, 0, h).train, np.memmap)
 
 
-def test_pack_in_chunks_equals_one_pass():
-    from models.data import _pack
+def test_shard_layout_and_chunking_do_not_change_the_streams(tmp_path):
+    import models.data as data
 
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(0, 9, size=50)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    values = rng.integers(0, 20, size=int(offsets[-1])).astype(np.uint16)
-    order = rng.permutation(50)
-    expected = np.concatenate([np.r_[values[offsets[i]:offsets[i + 1]], 20] for i in order])
-    for chunk in (1, 7, 1000):
-        np.testing.assert_array_equal(_pack(values, offsets, order, eos=20, chunk=chunk), expected)
+    one = write_pattern_units(tmp_path / "one", n_units=30, n_utterances=150, n_shards=1, seed=9)
+    three = write_pattern_units(tmp_path / "three", n_units=30, n_utterances=150, n_shards=3, seed=9)
+    a = load_unit_streams(one, 0.1, 0.1, seed=4)
+    b = load_unit_streams(three, 0.1, 0.1, seed=4)
+    original = data._scatter.__defaults__
+    data._scatter.__defaults__ = (7,)  # tiny chunks: the chunk loop must give the same result
+    try:
+        c = load_unit_streams(three, 0.1, 0.1, seed=4)
+    finally:
+        data._scatter.__defaults__ = original
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(a, split), getattr(b, split))
+        np.testing.assert_array_equal(getattr(a, split), getattr(c, split))

@@ -94,6 +94,69 @@ def _sweep(scale: DemoScale, units: Path, evals: list[dict[str, str]], storage: 
     return launch(demo_grid(scale, units, evals), storage, address=address, verbose=0)
 
 
+def _training_curves(sweep_dir: Path, df) -> tuple[dict, dict]:
+    """metrics.jsonl of every trial in the results table -> ({run_id: curve}, {run_id: N})."""
+    import pandas as pd
+
+    curves, sizes = {}, {}
+    for row in df.itertuples():
+        path = Path(str(getattr(row, "run_dir", "") or sweep_dir / "runs" / row.run_id)) / "metrics.jsonl"
+        if path.is_file():
+            curves[row.run_id] = pd.read_json(path, lines=True)
+            sizes[row.run_id] = float(row.n_params)
+    return curves, sizes
+
+
+def build_demo_report(results: Path, out_dir: Path, *, units_dir: Path, sweep_dir: Path, bootstrap: int,
+                      budgets=(1e12, 1e14, 1e16, 1e18)) -> dict[str, Any]:
+    """The demo's report: data statistics and training curves, then everything `slmscale report` writes
+    (trial table, fit with CIs, isoFLOPs, N_opt/D_opt vs compute next to the paper's presets, downstream
+    laws, provenance)."""
+    from analysis.curves import plot_training_curves
+    from analysis.optimal import compute_optimal
+    from analysis.report import Report, build_report
+    from analysis.schema import read_results
+    from tokenization.schema import meta_hash, read_meta
+    from tokenization.stats import unit_stats
+
+    df = read_results(results)
+    meta = read_meta(units_dir)
+    report = Report(
+        "slmscale demo: a scaling study of tiny speech LMs",
+        "Synthetic spoken stories (espeak-ng) -> embedded MFCC k-means units -> an N x D grid of tiny Llama-style "
+        "models on Ray Tune -> L(N, D) fit, compute-optimal allocation and downstream laws. The models and data are "
+        "a few million times smaller than the paper's, so the fitted numbers describe this toy study, not speech LMs "
+        "at scale; the paper's presets are shown beside them for comparison.",
+    )
+    stats = unit_stats(units_dir)
+    sec = report.section("Data")
+    sec.text(f"Unit dataset `{units_dir}` (tokenizer `{meta.tokenizer.get('id', meta.tokenizer.get('kind'))}`, "
+             f"K = {meta.vocab_size}, hash `{meta.tokenizer_hash[:16]}`, dedup = {meta.dedup}); "
+             f"rejected inputs: {meta.counts.get('rejected', 0)}. The shape of paper Table 2:")
+    sec.table(stats)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves, sizes = _training_curves(Path(sweep_dir), df)
+    if curves:
+        sec = report.section("Training curves")
+        sec.text("Validation loss during each run (its own warmup + cosine schedule); the dot is the end of the run. "
+                 "The scaling-law fit below uses each run's final held-out test loss.")
+        sec.image(plot_training_curves(curves, sizes, out_dir / "training_curves.png"),
+                  "Validation loss vs tokens seen, one line per trial, coloured by model size.")
+    summary = build_report(df, out_dir, results_path=results, n_boot=bootstrap, budgets=list(budgets), report=report)
+    fit = summary["fit"]
+    print(f"      fit: E={fit['E']:.3f} A={fit['A']:.3g} B={fit['B']:.3g} alpha={fit['alpha']:.3f} "
+          f"beta={fit['beta']:.3f}", flush=True)
+    from analysis.params import ScalingParams
+
+    params = ScalingParams(**{k: fit[k] for k in ("E", "A", "B", "alpha", "beta")})
+    for c in budgets:
+        a = compute_optimal(c, params)
+        print(f"      C = {c:.0e} FLOPs: N_opt = {a.N_opt:,.0f}  D_opt = {a.D_opt:,.0f}  loss = {a.loss:.3f}", flush=True)
+    return {"html": summary["report_html"], "md": summary["report_md"], "fit": fit, "ci": summary.get("ci"),
+            "units_meta_hash": meta_hash(units_dir)}
+
+
 def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small", *, address: str | None = None,
              stories: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run every stage of the study into `out_dir`; returns a summary (also written to OUT/summary.json)."""
@@ -157,9 +220,8 @@ def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small",
     _done(t, str(results))
 
     t = _stage(6, "analysis", "fit L(N,D), compute-optimal N/D, downstream laws, report")
-    from analysis.report import build_demo_report
-
-    report = build_demo_report(results, out / "report", units_dir=out / "units", bootstrap=scale.bootstrap)
+    report = build_demo_report(results, out / "report", units_dir=out / "units", sweep_dir=out / "sweep",
+                               bootstrap=scale.bootstrap)
     _done(t, f"report {report['html']}")
 
     result = {

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from analysis.io import SlmscaleError
 
-__all__ = ["TrialResources", "PlanAssumptions", "GridSpec", "Trial", "load_grid", "expand_grid", "format_count"]
+__all__ = ["TrialResources", "PlanAssumptions", "GridSpec", "Trial", "grid_from_dict", "load_grid", "with_changes", "expand_grid", "format_count"]
 
 
 def _number(where: str, value: Any, *, integer: bool = False, positive: bool = True, allow_zero: bool = False) -> float:
@@ -270,14 +270,15 @@ def load_grid(path: str | Path) -> GridSpec:
     def near_yaml(p: str) -> str:
         return p if p.startswith("embedded:") or Path(p).expanduser().is_absolute() else str((path.parent / p).resolve())
 
-    return _replace(
+    return with_changes(
         spec,
         units=near_yaml(spec.units) if spec.units else None,
         eval=tuple({k: (near_yaml(v) if k != "task" else v) for k, v in e.items()} for e in spec.eval),
     )
 
 
-def _replace(spec: GridSpec, **changes) -> GridSpec:
+def with_changes(spec: GridSpec, **changes) -> GridSpec:
+    """A copy of `spec` with `changes`, validated again."""
     from dataclasses import replace
 
     return replace(spec, **changes).validate()

@@ -7,7 +7,7 @@
       tune/              Ray Tune's experiment state (Tuner.restore reads it)
       results.parquet    the results table, rewritten each time a trial finishes
 
-One Tune trial per grid point (`tune.grid_search` over the trial list), resources per trial, FailureConfig
+One Tune trial per grid point (`tune.grid_search` over the run ids), resources per trial, FailureConfig
 (max_failures) for automatic retries; retries and `sweep resume` continue from the run dir's checkpoints.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from analysis.io import SlmscaleError, atomic_write_json, code_version, read_json
 
-from .grid import GridSpec, Trial, grid_from_dict, _replace
+from .grid import GridSpec, Trial, grid_from_dict, with_changes
 from .plan import make_plan
 
 __all__ = ["SWEEP_FILE", "TUNE_DIR", "launch", "resume", "resolve_storage", "read_sweep"]
@@ -152,8 +152,10 @@ def _run_config(storage: Path, spec: GridSpec, verbose: int):
         name=TUNE_DIR,
         storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        # Only the newest (pointer) checkpoint matters: the run dir holds the real ones.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Keep every (pointer) checkpoint: they are a few bytes each, and with num_to_keep Tune deletes old ones
+        # before its next state snapshot, so a driver killed in between leaves a state that names a deleted
+        # checkpoint and `Tuner.restore` cannot resume that trial. The real checkpoints are in the run dir.
+        checkpoint_config=tune.CheckpointConfig(),
         callbacks=[WriteResultsOnComplete(storage)],
         verbose=verbose,
     )
@@ -232,7 +234,7 @@ def launch(
             value = entry.get(key)
             if value and not value.startswith("embedded:") and not Path(value).expanduser().exists():
                 raise SlmscaleError(f"{spec.source}: field 'eval[{i}].{key}': {value} does not exist")
-    spec = _replace(spec, units=units, max_concurrent=max_concurrent or spec.max_concurrent)
+    spec = with_changes(spec, units=units, max_concurrent=max_concurrent or spec.max_concurrent)
     plan = make_plan(spec, units)
     # Refuse a grid whose train overrides TrainConfig cannot take, before any Ray work.
     from models.config import TrainConfig
@@ -251,7 +253,6 @@ def launch(
         "name": spec.name,
         "units": units,
         "run_root": str(root / "runs"),
-        "storage_is_local": True,
         "eval": list(spec.eval),
         "train": {"progress": False, **spec.train},
         "resources": {m: asdict(spec.resources_for(m)) for m in spec.models},
@@ -275,8 +276,7 @@ def launch(
 
 
 def _quiet_tune() -> None:
-    # Tune snapshots its state after every checkpoint when num_to_keep is set (what makes resume exact) and
-    # warns about it each time; the snapshots are tiny here.
+    # Tune warns when it snapshots its state often; the snapshots are small here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 

@@ -83,38 +83,18 @@ def evaluate_run(run_dir: Path, evals: list[dict[str, str]]) -> dict[str, float]
     return metrics
 
 
-def _report_to_tune(metrics: dict[str, Any], checkpoint_dir: str | None, storage_is_local: bool) -> None:
+def _report_to_tune(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+    """tune.report the metrics; a checkpoint goes to Tune as a pointer (the real one already lives on the
+    shared storage, in the run dir, where `train` resumes from it), not as a second copy."""
     from ray import tune
 
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and v is not None}
     if not checkpoint_dir:
         tune.report(clean)
         return
-    if storage_is_local:
-        # The checkpoint already lives on shared storage: hand Tune a pointer, not a copy.
-        with tempfile.TemporaryDirectory(prefix="slmscale-ckpt-") as tmp:
-            (Path(tmp) / "pointer.json").write_text(json.dumps({"checkpoint_dir": str(checkpoint_dir)}))
-            tune.report(clean, checkpoint=tune.Checkpoint.from_directory(tmp))
-    else:
-        tune.report(clean, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
-
-
-def _restore_from_tune_checkpoint(run_dir: Path) -> None:
-    """When the run dir is not shared (URI storage), copy Tune's newest checkpoint back into it."""
-    import shutil
-
-    from ray import tune
-
-    ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        return
-    with ckpt.as_directory() as src:
-        src = Path(src)
-        if (src / "pointer.json").is_file():
-            return  # shared storage: the run dir already holds the real checkpoint
-        dest = run_dir / "checkpoints" / src.name
-        if not dest.exists():
-            shutil.copytree(src, dest)
+    with tempfile.TemporaryDirectory(prefix="slmscale-ckpt-") as tmp:
+        (Path(tmp) / "pointer.json").write_text(json.dumps({"checkpoint_dir": str(checkpoint_dir)}))
+        tune.report(clean, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -137,11 +117,8 @@ def train_trial(config: dict[str, Any]) -> dict[str, Any]:
     row_path = run_dir / ROW_FILE
     if row_path.is_file():  # finished in an earlier attempt (e.g. the driver died after the trial ended)
         row = json.loads(row_path.read_text())
-        _report_to_tune({**row, "done": True}, None, True)
+        _report_to_tune({**row, "done": True}, None)
         return row
-    storage_is_local = bool(sweep.get("storage_is_local", True))
-    if not storage_is_local:
-        _restore_from_tune_checkpoint(run_dir)
     from models.checkpoint import latest_checkpoint
 
     previous = json.loads((run_dir / ATTEMPT_FILE).read_text()) if (run_dir / ATTEMPT_FILE).is_file() else {}
@@ -158,7 +135,7 @@ def train_trial(config: dict[str, Any]) -> dict[str, Any]:
     cfg = train_config_for(trial, sweep, run_dir)
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        _report_to_tune({**metrics, "run_id": trial["run_id"], "phase": "train"}, checkpoint_dir, storage_is_local)
+        _report_to_tune({**metrics, "run_id": trial["run_id"], "phase": "train"}, checkpoint_dir)
 
     # With several workers, train() runs a Ray Train TorchTrainer whose controller forwards the workers'
     # reports to this Tune trial itself; our callback would run in the wrong process.
@@ -170,5 +147,5 @@ def train_trial(config: dict[str, Any]) -> dict[str, Any]:
     row["sweep"] = sweep["name"]
     atomic_write_json(row_path, row)
     _report_to_tune({**{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}, "done": True},
-                    None, storage_is_local)
+                    None)
     return row

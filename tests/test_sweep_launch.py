@@ -111,11 +111,10 @@ def test_small_grid_end_to_end(ray_local, units, tmp_path, capsys):
     from analysis.schema import read_results
 
     assert len(read_results(results)) == 6
-    from sweep.cli import build_parser
-
-    if "fit" in build_parser()._subparsers._group_actions[0].choices:
-        rc = main(["fit", "--results", str(results), "-o", str(tmp_path / "fit")])
-        assert rc == 0, capsys.readouterr().err
+    assert main(["fit", "--results", str(results), "--grid", "coarse", "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    flat = json.dumps(fit)
+    assert all(key in flat for key in ('"E"', '"A"', '"B"', '"alpha"', '"beta"')), fit
 
 
 @pytest.mark.ray

@@ -1,13 +1,14 @@
 """Tokenization throughput: the Ray Data pipeline vs a plain per-file loop, side by side in one run.
 
-    python benchmarks/bench_tokenize.py [--files 240] [--seconds 12]
+    python benchmarks/bench_tokenize.py [--files 1200] [--seconds 12]
 
-Builds a corpus of synthetic spoken stories (espeak-ng, no download), then encodes the same manifest with
+Builds a corpus of synthetic spoken stories (espeak-ng, no download; 48 distinct recordings hard-linked to the
+corpus size), then encodes the same manifest with
 `--tokenizer mfcc` twice per corpus size: once with a plain loop in one process (decode -> features -> k-means ->
 dedup -> one Parquet file), once with `tokenization.encode.encode` (Ray Data: decode tasks + tokenizer actor
 pool, atomic shards). Each variant runs in a fresh subprocess so that timings and peak memory do not leak
 between them. Peak memory is the largest summed RSS of the variant's process tree (driver + Ray workers),
-sampled every 0.1 s. Printed: wall time, audio real-time factor, speed ratio (goal >= 1.5x on 2 CPUs), and
+sampled every 0.1 s, and of the driver alone; Ray gets a fixed 512 MiB object store. Printed: wall time, audio real-time factor, speed ratio (goal >= 1.5x on 2 CPUs), and
 peak memory at N and 2N files (goal: flat in corpus size, because the pipeline streams).
 
 With CUDA present it also measures the HuBERT-base real-time factor on the GPU (random-init base config,
@@ -34,12 +35,13 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.1):
         self.interval = interval
-        self.peak = 0.0
+        self.peak = 0.0  # whole process tree
+        self.peak_self = 0.0  # this process alone (the Ray driver, which collects the unit rows)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def _tree_rss_mib(root: int) -> float:
+    def _tree_rss_mib(root: int) -> tuple[float, float]:
         parents: dict[int, int] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -53,18 +55,21 @@ class PeakMemory:
             kids = [pid for pid, ppid in parents.items() if ppid in frontier and pid not in tree]
             tree.update(kids)
             frontier = kids
-        total_kib = 0
+        total_kib = root_kib = 0
         for pid in tree:
             try:
                 with open(f"/proc/{pid}/status") as f:
-                    total_kib += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+                    kib = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
             except OSError:
-                pass
-        return total_kib / 1024
+                continue
+            total_kib += kib
+            root_kib = kib if pid == root else root_kib
+        return total_kib / 1024, root_kib / 1024
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._tree_rss_mib(os.getpid()))
+            total, own = self._tree_rss_mib(os.getpid())
+            self.peak, self.peak_self = max(self.peak, total), max(self.peak_self, own)
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -103,26 +108,33 @@ def run_loop(manifest: str, out: str) -> dict:
                 pass
         pq.write_table(pa.Table.from_pylist(rows, schema=UNIT_SHARD_SCHEMA), Path(out) / "units.parquet")
         wall = time.perf_counter() - t0
-    return {"wall_s": wall, "peak_mib": mem.peak, "audio_s": sum(r["duration_s"] for r in rows), "rows": len(rows)}
+    return {"wall_s": wall, "peak_mib": mem.peak, "driver_peak_mib": mem.peak_self,
+            "audio_s": sum(r["duration_s"] for r in rows), "rows": len(rows)}
 
 
 def run_ray(manifest: str, out: str) -> dict:
+    import ray
+    import ray.data  # noqa: F401  (imported before the clock starts, like the loop's modules)
+
     from tokenization.encode import encode
-    from tokenization.ray_utils import ensure_ray
 
     t_init = time.perf_counter()
-    ensure_ray(num_cpus=os.cpu_count())
+    # A fixed object store (Ray's default is 30% of RAM) so that the memory bound is the same at every corpus size:
+    # shared-memory pages of the store that a process has touched count in its RSS.
+    ray.init(num_cpus=os.cpu_count(), object_store_memory=512 * 2**20, include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR")
     init_s = time.perf_counter() - t_init
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         meta = encode(manifest, "mfcc", out, rows_per_shard=64, progress=False)
         wall = time.perf_counter() - t0
-    return {"wall_s": wall, "ray_init_s": init_s, "peak_mib": mem.peak, "audio_s": meta.counts["hours"] * 3600,
-            "rows": meta.counts["utterances"]}
+    return {"wall_s": wall, "ray_init_s": init_s, "peak_mib": mem.peak, "driver_peak_mib": mem.peak_self,
+            "audio_s": meta.counts["hours"] * 3600, "rows": meta.counts["utterances"]}
 
 
-def make_corpus(root: Path, n_files: int, seconds: float) -> Path:
-    """n_files WAVs of ~`seconds` each: stories spoken in rotating voices/rates (concatenated to the length)."""
+def make_corpus(root: Path, n_files: int, seconds: float, distinct: int = 48) -> Path:
+    """n_files WAVs of `seconds` each: `distinct` different recordings (stories spoken in rotating voices and
+    rates, concatenated to the length), hard-linked to fill the corpus so that building it takes seconds."""
     import numpy as np
     import soundfile as sf
     import soxr
@@ -131,19 +143,26 @@ def make_corpus(root: Path, n_files: int, seconds: float) -> Path:
     from tokenization.stories import generate_stories
     from tokenization.synth import DEFAULT_RATES, DEFAULT_VOICES, tts
 
+    sources = root.parent / f"sources-{distinct}x{seconds:g}s"
+    if not sources.is_dir():
+        tmp = sources.with_name(sources.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        stories = generate_stories(distinct * 2, seed=7)
+        pairs = [(v, r) for r in DEFAULT_RATES for v in DEFAULT_VOICES]
+        for i in range(distinct):
+            parts, total, j = [], 0, 0
+            while total < seconds * 16000:
+                voice, rate = pairs[(i + j) % len(pairs)]
+                wav, sr = tts(stories[(2 * i + j) % len(stories)], voice=voice, rate=rate)
+                parts.append(soxr.resample(wav, sr, 16000))
+                total += len(parts[-1])
+                j += 1
+            sf.write(tmp / f"src{i:03d}.wav", np.concatenate(parts)[: int(seconds * 16000)], 16000)
+        tmp.rename(sources)
     audio = root / "audio"
     audio.mkdir(parents=True, exist_ok=True)
-    stories = generate_stories(n_files * 2, seed=7)
-    pairs = [(v, r) for r in DEFAULT_RATES for v in DEFAULT_VOICES]
     for i in range(n_files):
-        parts, total, j = [], 0, 0
-        while total < seconds * 16000:
-            voice, rate = pairs[(i + j) % len(pairs)]
-            wav, sr = tts(stories[(2 * i + j) % len(stories)], voice=voice, rate=rate)
-            parts.append(soxr.resample(wav, sr, 16000))
-            total += len(parts[-1])
-            j += 1
-        sf.write(audio / f"f{i:05d}.wav", np.concatenate(parts)[: int(seconds * 16000)], 16000)
+        os.link(sources / f"src{i % distinct:03d}.wav", audio / f"f{i:05d}.wav")
     return build_manifest(audio, root / "manifest.parquet", progress=False)
 
 
@@ -187,7 +206,7 @@ def bench_gpu_hubert(minutes: float = 10.0) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--files", type=int, default=240, help="files in the smaller corpus (the larger has 2x)")
+    parser.add_argument("--files", type=int, default=1200, help="files in the smaller corpus (the larger has 2x)")
     parser.add_argument("--seconds", type=float, default=12.0, help="length of each file")
     parser.add_argument("--run", choices=["loop", "ray"], help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
@@ -210,14 +229,16 @@ def main() -> None:
                     results[(variant, n)] = r
                     extra = f", Ray start {r['ray_init_s']:.1f} s not counted" if "ray_init_s" in r else ""
                     print(f"  {variant:4s} {n:5d} files: {r['wall_s']:7.2f} s wall, {r['audio_s'] / r['wall_s']:6.0f}x "
-                          f"real time, peak memory {r['peak_mib']:7.0f} MiB{extra}")
+                          f"real time, peak memory {r['peak_mib']:6.0f} MiB (driver {r['driver_peak_mib']:4.0f} MiB)"
+                          f"{extra}")
             for n in (args.files, 2 * args.files):
                 ratio = results[("loop", n)]["wall_s"] / results[("ray", n)]["wall_s"]
                 print(f"speed ratio Ray Data / plain loop at {n} files: {ratio:.2f}x (goal >= 1.5x on 2 CPUs)")
             for variant in ("loop", "ray"):
-                a, b = results[(variant, args.files)]["peak_mib"], results[(variant, 2 * args.files)]["peak_mib"]
-                print(f"peak memory {variant}: {a:.0f} MiB at {args.files} files, {b:.0f} MiB at {2 * args.files} "
-                      f"files (x{b / a:.2f} for 2x the corpus)")
+                for key, what in (("peak_mib", "process tree"), ("driver_peak_mib", "driver")):
+                    a, b = results[(variant, args.files)][key], results[(variant, 2 * args.files)][key]
+                    print(f"peak memory {variant} ({what}): {a:.0f} MiB at {args.files} files, {b:.0f} MiB at "
+                          f"{2 * args.files} files (x{b / a:.2f} for 2x the corpus)")
     bench_gpu_hubert()
 
 

@@ -6,10 +6,13 @@ TTS as the synthetic training corpus). The files are written in the released lay
 same readers and scorer load them. Generated once per cache dir: a folder is complete when its `embedded.json`
 exists (it is built in a temporary folder and renamed into place).
 
-Phenomena (sblimp): subject-verb agreement, determiner-noun agreement, word order (verb-final, adjective after
-noun), anaphor gender agreement, irregular past tense; each with two subtypes, each pair spoken by every voice.
-Stories (storycloze): "<Name> <did something>. <pronoun> <consequence>." against an ending of another topic
-(Topic-StoryCloze style negatives, so the result fills the `tsc` column).
+The words and frames come from the synthetic story corpus (tokenization/stories.py), so a model trained on that
+corpus has met every correct sentence's pattern and none of the incorrect ones (what sBLIMP assumes of a model
+trained on natural speech). Phenomena (sblimp): subject-verb agreement, determiner-noun agreement, word order,
+tense agreement in coordination, irregular past tense; two subtypes each, every pair spoken by every voice.
+Stories (storycloze): "<Name> went to <place>. But then <problem>." + the problem's own solution (correct) or
+the solution of another problem (incorrect) — coherence negatives in the spirit of Topic StoryCloze, so the
+result fills the `tsc` column.
 """
 from __future__ import annotations
 
@@ -26,53 +29,46 @@ from analysis.io import SlmscaleError, atomic_write_json, code_version
 __all__ = ["sblimp_pairs", "storycloze_questions", "ensure_embedded", "write_sblimp", "write_storycloze",
            "EMBEDDED_VOICES", "EMBEDDED_VERSION", "embedded_sentences"]
 
-EMBEDDED_VERSION = 1
+EMBEDDED_VERSION = 2
 EMBEDDED_VOICES = ("en", "en-us+f2")
 EMBEDDED_RATE = 160
 
-_NOUNS = [("dog", "dogs"), ("cat", "cats"), ("bird", "birds"), ("girl", "girls"), ("boy", "boys"), ("horse", "horses")]
-_VERBS = [("runs", "run"), ("sleeps", "sleep"), ("sings", "sing"), ("jumps", "jump"), ("plays", "play"), ("eats", "eat")]
-_ADJECTIVES = ["big", "small", "happy", "old", "little", "red"]
-_MALE = ["boy", "man", "king", "farmer"]
-_FEMALE = ["girl", "woman", "queen", "nurse"]
-_REFLEXIVE_VERBS = ["washed", "saw", "hurt", "liked"]
-_PAST = [("ran", "runned"), ("ate", "eated"), ("sang", "singed"), ("slept", "sleeped"), ("drank", "drinked"), ("flew", "flied")]
-_PAST_SUBJECTS = ["the dog", "the girl", "the bird", "my friend", "the old man", "the baby"]
 
-_TOPICS = [
-    ("went to the beach", "swam in the warm sea"),
-    ("went to the park", "played on the swings"),
-    ("was hungry in the kitchen", "cooked a bowl of soup"),
-    ("visited the farm", "fed the cows and the pigs"),
-    ("went to the library", "read a book about dragons"),
-    ("saw snow outside", "built a big snowman"),
-    ("had a birthday party", "opened many presents"),
-    ("worked in the garden", "planted red flowers"),
-    ("got caught in the rain", "came home all wet"),
-    ("went to school", "learned to count to ten"),
-]
-_NAMES = [("Tom", "He"), ("Lily", "She"), ("Ben", "He"), ("Mia", "She"), ("Sam", "He"), ("Anna", "She")]
+def _vocabulary():
+    """The words and sentence frames of the synthetic story corpus (tokenization/stories.py): a model trained on
+    that corpus has seen the correct member of every pair in context, never the incorrect one."""
+    from tokenization import stories
+
+    return stories
 
 
 def _candidates_by_subtype() -> dict[tuple[str, str], list[tuple[str, str]]]:
+    v = _vocabulary()
     out: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for (sg, pl), (v3, vb) in itertools.product(_NOUNS, _VERBS):
-        out.setdefault(("subject_verb_agreement", "singular"), []).append((f"the {sg} {v3}", f"the {sg} {vb}"))
-        out.setdefault(("subject_verb_agreement", "plural"), []).append((f"the {pl} {vb}", f"the {pl} {v3}"))
-        out.setdefault(("determiner_noun_agreement", "singular"), []).append((f"this {sg} {v3}", f"these {sg} {v3}"))
-        out.setdefault(("determiner_noun_agreement", "plural"), []).append((f"these {pl} {vb}", f"this {pl} {vb}"))
-    for (a, _), (b, _) in itertools.permutations(_NOUNS, 2):
-        out.setdefault(("word_order", "verb_final"), []).append((f"the {a} sees the {b}", f"the {a} the {b} sees"))
-    for adj, (sg, _), (v3, _) in itertools.product(_ADJECTIVES, _NOUNS, _VERBS):
-        out.setdefault(("word_order", "adjective_noun"), []).append((f"the {adj} {sg} {v3}", f"the {sg} {adj} {v3}"))
-    for noun, verb in itertools.product(_MALE, _REFLEXIVE_VERBS):
-        out.setdefault(("anaphor_agreement", "masculine"), []).append((f"the {noun} {verb} himself", f"the {noun} {verb} herself"))
-    for noun, verb in itertools.product(_FEMALE, _REFLEXIVE_VERBS):
-        out.setdefault(("anaphor_agreement", "feminine"), []).append((f"the {noun} {verb} herself", f"the {noun} {verb} himself"))
-    for subj, (good, bad) in itertools.product(_PAST_SUBJECTS, _PAST):
-        sub = "intransitive" if good in ("ran", "slept", "flew") else "transitive"
-        tail = "" if sub == "intransitive" else " it"
-        out.setdefault(("irregular_past", sub), []).append((f"{subj} {good}{tail} yesterday", f"{subj} {bad}{tail} yesterday"))
+
+    def add(phenomenon: str, subtype: str, good: str, bad: str) -> None:
+        out.setdefault((phenomenon, subtype), []).append((good, bad))
+
+    for name, animal, trait in itertools.product(v.NAMES, v.ANIMALS, v.TRAITS):
+        add("subject_verb_agreement", "copula", f"{name} was a {trait} {animal}", f"{name} were a {trait} {animal}")
+        add("determiner_noun_agreement", "indefinite", f"there was a {trait} {animal} named {name}",
+            f"there was many {trait} {animal} named {name}")
+        add("word_order", "adjective_noun", f"there was a {trait} {animal} named {name}",
+            f"there was a {animal} {trait} named {name}")
+    for name in v.NAMES:
+        add("subject_verb_agreement", "feeling", f"{name} was very happy", f"{name} were very happy")
+        add("tense_agreement", "coordination", f"{name} smiled and said thank you", f"{name} smiled and says thank you")
+        add("tense_agreement", "search", f"{name} looked everywhere and found it", f"{name} looked everywhere and finds it")
+    for name, place, thing in itertools.product(v.NAMES, v.PLACES, v.THINGS):
+        bare = thing.split(" ", 1)[1]
+        add("determiner_noun_agreement", "object", f"{name} went to {place} with {thing}",
+            f"{name} went to {place} with these {bare}")
+        add("word_order", "preposition", f"{name} went to {place}", f"{name} went {place} to")
+        add("irregular_past", "went", f"{name} went to {place}", f"{name} goed to {place}")
+    for name, friend in itertools.permutations(v.NAMES, 2):
+        add("irregular_past", "met", f"there, {name} met {friend}", f"there, {name} meeted {friend}")
+    for phenomenon_subtype, options in out.items():  # the same frame can come up twice (e.g. word_order)
+        out[phenomenon_subtype] = sorted(set(options))
     return out
 
 
@@ -89,20 +85,27 @@ def sblimp_pairs(n_per_subtype: int = 4, seed: int = 0) -> list[dict]:
 
 
 def storycloze_questions(n: int = 24, seed: int = 0) -> list[dict]:
-    """Two-ending stories: [{"prompt", "correct", "incorrect"}]; the wrong ending belongs to another topic."""
+    """Two-ending stories in the corpus' register: "<name> went to <place>. But then <problem>." followed by the
+    problem's own solution (correct) or the solution of another problem (incorrect)."""
     if n < 1:
         raise SlmscaleError(f"n: expected a positive integer, got {n}")
+    v = _vocabulary()
     rng = random.Random(seed)
-    combos = list(itertools.product(range(len(_NAMES)), range(len(_TOPICS))))
-    rng.shuffle(combos)
     out = []
-    for name_i, topic_i in combos[:n]:
-        name, pronoun = _NAMES[name_i]
-        wrong = rng.choice([t for t in range(len(_TOPICS)) if t != topic_i])
+    for _ in range(n):
+        name = rng.choice(v.NAMES)
+        friend = rng.choice([x for x in v.NAMES if x != name])
+        thing = rng.choice(v.THINGS).split(" ", 1)[1]
+        place = rng.choice(v.PLACES)
+        k = rng.randrange(len(v.PROBLEMS))
+        wrong = rng.choice([i for i in range(len(v.PROBLEMS)) if i != k])
+        fill = {"name": name, "friend": friend, "thing": thing}
+        problem, solution = (x.format(**fill) for x in v.PROBLEMS[k])
+        other = v.PROBLEMS[wrong][1].format(**fill)
         out.append({
-            "prompt": f"{name} {_TOPICS[topic_i][0]}.",
-            "correct": f"{pronoun} {_TOPICS[topic_i][1]}.",
-            "incorrect": f"{pronoun} {_TOPICS[wrong][1]}.",
+            "prompt": f"{name} went to {place}. But then {problem}.",
+            "correct": f"{solution[:1].upper()}{solution[1:]}.",
+            "incorrect": f"{other[:1].upper()}{other[1:]}.",
         })
     return out
 

@@ -36,7 +36,7 @@ EMBEDDED_RATE = 160
 
 def _vocabulary():
     """The words and sentence frames of the synthetic story corpus (tokenization/stories.py): a model trained on
-    that corpus has seen the correct member of every pair in context, never the incorrect one."""
+    that corpus has met the pattern of every pair's correct member, never the incorrect one's."""
     from tokenization import stories
 
     return stories

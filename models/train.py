@@ -109,13 +109,15 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
 def results_row(cfg: TrainConfig, plan: RunPlan, info: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
     """The run's row in the results-table schema (analysis/schema.py), with provenance columns."""
     tokens = float(plan.tokens)
+    # U_D = distinct tokens actually seen: the cap (or all training data), or D itself when D covers less.
+    unique = float(min(final["unique_tokens"], plan.tokens))
     return {
         "run_id": Path(cfg.out_dir).resolve().name,
         "model": cfg.model,
         "n_params": float(plan.n_params),
         "tokens": tokens,
-        "unique_tokens": float(final["unique_tokens"]),
-        "epochs": tokens / final["unique_tokens"],
+        "unique_tokens": unique,
+        "epochs": tokens / unique,
         "flops": 6.0 * plan.n_params * tokens,
         "loss": float(final["test_loss"]),
         "tokenizer": info["tokenizer"],

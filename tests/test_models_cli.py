@@ -27,6 +27,7 @@ def test_train_command_then_resume_prints_the_row(tmp_path, capsys):
     assert main(args) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["tokens"] == 1536 and row["seed"] == 3  # 2000 tokens -> 3 whole updates of 512
+    assert row["unique_tokens"] == 1536 and row["epochs"] == 1.0  # less than one pass over the data
     assert pd.read_parquet(out / "results.parquet")["loss"].iloc[0] == row["loss"]
     assert main(["train", "--resume", str(out), "--json"]) == 0  # finished: reads the row back
     assert json.loads(capsys.readouterr().out)["loss"] == row["loss"]

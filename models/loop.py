@@ -182,6 +182,8 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every fresh start
     unwrapped = build_model(cfg.model, plan.n_units, plan.context, attn_implementation=rt["attn"])
+    if not ctx.ray:
+        unwrapped.to(device)  # (on Ray, prepare_model moves it to the worker's device)
     model = unwrapped
     if rt["compile"]:
         model = torch.compile(model)
@@ -190,8 +192,6 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
 
         model = ray.train.torch.prepare_model(model, parallel_strategy=cfg.parallel,
                                               parallel_strategy_kwargs=_fsdp_kwargs() if fsdp else None)
-    else:
-        model = model.to(device)
 
     optimizer = torch.optim.AdamW(
         _param_groups(unwrapped if not fsdp else model, cfg.weight_decay),

@@ -126,13 +126,17 @@ def _fmt_duration(s: float) -> str:
 def render_status(rows: list[dict[str, Any]]) -> str:
     from .grid import format_count
 
-    head = f"{'run_id':<28} {'state':<10} {'tokens done':>17} {'loss':>12} {'tok/s':>8} {'ETA':>8} {'tries':>5}"
+    # "last report" tells a live trial from one whose driver died (Tune's state still says RUNNING then).
+    head = (f"{'run_id':<28} {'state':<10} {'tokens done':>17} {'loss':>12} {'tok/s':>8} {'ETA':>8} {'tries':>5} "
+            f"{'last report':>11}")
     lines = [head, "-" * len(head)]
     for r in rows:
         done = f"{format_count(r['tokens_done'])}/{format_count(r['tokens_target'])}"
         loss = f"{r['loss']:.4f} {r['loss_kind']}" if math.isfinite(r["loss"]) else "-"
         tps = f"{r['tokens_per_s']:.3g}" if math.isfinite(r["tokens_per_s"]) else "-"
-        lines.append(f"{r['run_id']:<28} {r['state']:<10} {done:>17} {loss:>12} {tps:>8} {_fmt_duration(r['eta_s']):>8} {r['attempts']:>5}")
+        age = r.get("last_report_age_s", math.nan)
+        lines.append(f"{r['run_id']:<28} {r['state']:<10} {done:>17} {loss:>12} {tps:>8} {_fmt_duration(r['eta_s']):>8} "
+                     f"{r['attempts']:>5} {(_fmt_duration(age) + ' ago') if math.isfinite(age) else '-':>11}")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

@@ -124,3 +124,21 @@ def test_fit_kmeans_and_encode_with_hubert_on_ray(ray_local, tiny_hubert, tmp_pa
         w, _ = sf.read(audio / f"{r['utt_id']}.wav", dtype="float32")
         assert r["units"] == collapse_runs(tok.frame_units([w])[0])[0].tolist()
         assert r["n_frames"] == (len(w) - 400) // 320 + 1 and max(r["units"]) < 12
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_path_is_chosen_automatically_and_agrees_with_cpu(tiny_hubert, wav, tmp_path):
+    path, _ = tiny_hubert
+    gpu = HubertExtractor(path, layer=2)  # no device given: CUDA, half precision, SDPA, torch.compile
+    assert gpu.device == "cuda" and gpu.dtype in (torch.bfloat16, torch.float16)
+    cpu = HubertExtractor(path, layer=2, device="cpu")
+    a, b = gpu(wav), cpu(wav)
+    assert a.shape == b.shape
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99  # half precision: close, not identical
+    from tokenization.kmeans import fit_kmeans
+
+    fit_kmeans(b, 8, cpu.describe(), seed=0).save(tmp_path / "km8")
+    units_gpu = load_tokenizer(f"hubert:{path}", layer=2, kmeans=tmp_path / "km8").frame_units([wav])[0]
+    units_cpu = load_tokenizer(f"hubert:{path}", layer=2, kmeans=tmp_path / "km8", device="cpu").frame_units([wav])[0]
+    assert (units_gpu == units_cpu).mean() > 0.9

@@ -84,6 +84,18 @@ def _scatter(out: np.ndarray, starts: np.ndarray, values: np.ndarray, offsets: n
         out[st[seg] + within] = values[offsets[r][seg] + within]
 
 
+def _read_shard(path: Path, columns: list[str]) -> pa.Table:
+    try:
+        table = pq.read_table(path, columns=columns)
+    except Exception as exc:  # ArrowInvalid (not Parquet / truncated), missing column, ...
+        raise SlmscaleError(f"{path}: cannot read as a unit shard ({exc}); expected Parquet with "
+                            f"columns utt_id (string) and units (list<uint16>)") from None
+    units_type = table.schema.field("units").type
+    if not (pa.types.is_list(units_type) or pa.types.is_large_list(units_type)) or not pa.types.is_integer(units_type.value_type):
+        raise SlmscaleError(f"{path}: column 'units' has type {units_type}, expected list<uint16>")
+    return table
+
+
 def load_unit_streams(units_dir: str | Path, val_fraction: float, test_fraction: float, seed: int) -> UnitStreams:
     """Read every shard, check unit ids against meta.json's K, split by utt_id hash and pack each split.
 
@@ -100,7 +112,7 @@ def load_unit_streams(units_dir: str | Path, val_fraction: float, test_fraction:
     utt_ids: list[str] = []
     lengths, shard_of, row_of = [], [], []
     for s, path in enumerate(paths):
-        table = pq.read_table(path, columns=["utt_id", "units"])
+        table = _read_shard(path, ["utt_id", "units"])
         values, offsets = _list_parts(table.column("units"))
         if values.size and int(values.max()) >= k:
             first = int(np.argmax(values >= k))
@@ -109,6 +121,8 @@ def load_unit_streams(units_dir: str | Path, val_fraction: float, test_fraction:
                 f"{path}: unit id {int(values.max())} is out of range for vocab_size {k} in meta.json "
                 f"(first offending utterance {table.column('utt_id')[bad].as_py()!r}); expected ids in [0, {k})"
             )
+        if values.size and int(values.min()) < 0:
+            raise SlmscaleError(f"{path}: negative unit id {int(values.min())}; expected ids in [0, {k})")
         utt_ids.extend(table.column("utt_id").to_pylist())
         lengths.append(np.diff(offsets))
         shard_of.append(np.full(table.num_rows, s, dtype=np.int32))
@@ -140,7 +154,7 @@ def load_unit_streams(units_dir: str | Path, val_fraction: float, test_fraction:
         streams[name] = np.full(int(ends[-1]), k, dtype=stream_dtype(k))  # EOS everywhere, units copied over
     in_split = length > 0
     for s, path in enumerate(paths):
-        values, offsets = _list_parts(pq.read_table(path, columns=["units"]).column("units"))
+        values, offsets = _list_parts(_read_shard(path, ["units"]).column("units"))
         mine = np.flatnonzero((shard_of == s) & in_split)
         for code, name in enumerate(SPLITS):
             sel = mine[split[mine] == code]

@@ -44,6 +44,9 @@ def test_empty_or_missing_unit_dir(tmp_path):
     write_meta(tmp_path / "empty", UnitsMeta(vocab_size=40, tokenizer={"kind": "synthetic", "hash": "h"}))
     with pytest.raises(SlmscaleError, match="no shard-.*empty"):
         train(_cfg(tmp_path / "empty", tmp_path / "run"))
+    (tmp_path / "empty" / "shard-00000.parquet").write_bytes(b"PAR1 truncated")  # a shard cut short by a crash
+    with pytest.raises(SlmscaleError, match=r"shard-00000.parquet: cannot read as a unit shard"):
+        train(_cfg(tmp_path / "empty", tmp_path / "run"))
     with pytest.raises(SlmscaleError, match="not a directory"):
         train(_cfg(tmp_path / "nowhere", tmp_path / "run"))
     _no_compute(tmp_path / "run")

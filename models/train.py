@@ -143,7 +143,7 @@ def train(cfg: TrainConfig, report: ReportFn | None = None, *, ray_callbacks: li
 
     `report(metrics, checkpoint_dir_or_None)` is called at every report. With one worker it runs in this process.
     On the Ray Train path (cfg.workers > 1 or cfg.use_ray) it runs in the Train controller actor, so it must be
-    picklable; inside a Ray Tune trial, worker reports are forwarded to Tune automatically
+    picklable, and it is called at checkpoints and at the end only (metrics.jsonl has every report); inside a Ray Tune trial, worker reports are forwarded to Tune automatically
     (`ray.tune.integration.ray_train.TuneReportCallback`), and `ray_callbacks` adds further Train v2
     `UserCallback`s."""
     plan, info = prepare_run(cfg)

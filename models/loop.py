@@ -150,6 +150,11 @@ def _set_state(model, unwrapped, optimizer, loaded: dict, where: Path, fsdp: boo
     optimizer.load_state_dict(loaded["optimizer_state"])
 
 
+def _strict_json(metrics: dict) -> dict:
+    """NaN/inf -> null, so metrics.jsonl is standard JSON (jq, browsers); e.g. MFU on a CPU is unknown."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
 def _truncate_metrics(path: Path, after_step: int) -> None:
     """Drop report lines written after the checkpoint we resume from (they will be produced again)."""
     if not path.is_file():
@@ -291,7 +296,7 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
         ckpt_path = None
         if ctx.rank == 0:
             with open(run_dir / "metrics.jsonl", "a") as f:  # before the checkpoint: see _truncate_metrics
-                f.write(json.dumps(metrics) + "\n")
+                f.write(json.dumps(_strict_json(metrics)) + "\n")
         if is_ckpt:
             model_state, optim_state = _gather_state(model, unwrapped, optimizer, fsdp)
             if ctx.rank == 0:

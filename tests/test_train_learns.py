@@ -61,7 +61,10 @@ def test_results_row_counts_and_provenance(run):
 
 def test_metrics_and_reports(run):
     cfg, _, reports = run
-    lines = [json.loads(ln) for ln in open(f"{cfg.out_dir}/metrics.jsonl")]
+    text = open(f"{cfg.out_dir}/metrics.jsonl").read()
+    assert "NaN" not in text  # strict JSON: unknown MFU on CPU is null
+    lines = [json.loads(ln) for ln in text.splitlines()]
+    assert all(m["mfu"] is None for m in lines)
     steps = [m["step"] for m in lines]
     assert steps == [m["step"] for m, _ in reports]
     # a report every 10 updates and at every checkpoint (default: every STEPS // 10 = 6 updates)

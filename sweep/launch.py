@@ -12,6 +12,7 @@ One Tune trial per grid point (`tune.grid_search` over the run ids), resources p
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -180,6 +181,35 @@ def _check_train_configs(spec: GridSpec, trials: list[Trial], root: Path, n_unit
             raise SlmscaleError(f"{spec.source}: trial {trial.run_id}: {exc}") from None
 
 
+def _check_storage_shared(root: Path) -> None:
+    """Every alive node must see the storage at the same path: trials write their run dirs there, and a
+    retried trial on another node must find its checkpoints. A probe file written here is looked for by one
+    zero-CPU task pinned to each node. (Nodes an autoscaler adds later get the same setup commands.)"""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = root / f".probe-{uuid.uuid4().hex}"
+    probe.write_text("slmscale storage probe\n")
+    try:
+        @ray.remote(num_cpus=0)
+        def visible(path: str) -> bool:
+            return Path(path).is_file()
+
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        refs = [visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(probe))
+                for n in nodes]
+        blind = [n.get("NodeManagerAddress") for n, ok in zip(nodes, ray.get(refs, timeout=120)) if not ok]
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise SlmscaleError(
+            f"--storage {root}: not visible on node(s) {blind}; mount the same shared filesystem at the same path on "
+            f"every node (cluster.yaml mounts EFS at /shared) so trials can write and resume their run dirs"
+        )
+
+
 def _check_cluster(spec: GridSpec, trials: list[Trial], cluster_config: str | None) -> None:
     from .resources import autoscaler_nodes, check_fits, live_nodes
 
@@ -218,7 +248,8 @@ def launch(
     """Run every trial of `spec` as a Tune experiment under `storage`; returns a summary dict.
 
     Everything that can be checked is checked before the first trial starts: the unit dataset, the grid,
-    that the storage is new, the cluster address, and that every trial fits the cluster's resources."""
+    every trial's training schedule, that the storage is new and visible on every node, the cluster address,
+    and that every trial fits the cluster's resources."""
     from tokenization.ray_utils import ensure_ray
 
     root = resolve_storage(storage)
@@ -249,6 +280,12 @@ def launch(
     _check_cluster(spec, plan.trials, cluster_config)
 
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        _check_storage_shared(root)
+    except SlmscaleError:
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only if we just created it and it is empty
+        raise
     settings = {
         "name": spec.name,
         "units": units,

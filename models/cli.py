@@ -87,6 +87,8 @@ def register(sub, formatter_class) -> None:
     t.add_argument("--threads", type=int, help="torch CPU threads", default=argparse.SUPPRESS)
     t.add_argument("--max-failures", type=int, help="Ray Train restarts of a failed worker group; default 0", default=argparse.SUPPRESS)
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar", default=argparse.SUPPRESS)
+    t.add_argument("--plan", action="store_true",
+                   help="print the exact schedule (updates, tokens, accumulation, warmup, FLOPs) and exit without training")
     t.add_argument("--json", action="store_true", help="print the results row as JSON")
     t.set_defaults(handler=_train)
 
@@ -135,6 +137,13 @@ def _train(args) -> int:
         if missing:
             raise SlmscaleError(f"train: missing {', '.join(missing)} (or use --resume RUN_DIR)")
         cfg = TrainConfig(units_dir=args.units, model=args.model, out_dir=args.out, tokens=args.tokens, **overrides)
+    if args.plan:
+        from models.config import make_plan
+        from tokenization.schema import read_meta
+
+        plan = make_plan(cfg.validate(), read_meta(cfg.units_dir).vocab_size)
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
     row = train(cfg)
     if args.json:
         print(json.dumps(row, indent=2, default=str))

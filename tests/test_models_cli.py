@@ -24,6 +24,9 @@ def test_train_command_then_resume_prints_the_row(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--units", str(units), "--model", "tiny-100K", "--tokens", "2k", "--tokens-per-update", "512",
             "--checkpoint-every", "2", "--seed", "3", "--threads", "1", "--no-progress", "-o", str(out), "--json"]
+    assert main(args + ["--plan"]) == 0  # the schedule, without training
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["total_steps"], plan["tokens"], plan["seqs_per_update"]) == (3, 1536, 8) and not out.exists()
     assert main(args) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["tokens"] == 1536 and row["seed"] == 3  # 2000 tokens -> 3 whole updates of 512

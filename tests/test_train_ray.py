@@ -26,12 +26,17 @@ def test_two_worker_torch_trainer_matches_in_process(ray_local, tmp_path):
 
     a = load_file(tmp_path / "one" / "model" / "model.safetensors")
     b = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    # Same maths, different float summation order (two half-batch means averaged by DDP): equal up to
+    # rounding. (Adam can turn rounding noise on a near-zero gradient into an lr-sized step, hence atol.)
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-3)
     assert double["tokens"] == single["tokens"] == 512 * 6
     assert double["loss"] == pytest.approx(single["loss"], rel=1e-4)
     lines = [json.loads(ln) for ln in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]  # rank 0 writes each report once
+    ref = [json.loads(ln) for ln in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["train_loss"] for m in lines] == pytest.approx([m["train_loss"] for m in ref], rel=1e-5)
+    assert lines[0]["train_loss"] > lines[-1]["train_loss"]  # and it trains
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]
     run = json.loads((tmp_path / "two" / "config.json").read_text())
     assert run["workers"] == 2

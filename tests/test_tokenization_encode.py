@@ -53,7 +53,7 @@ def test_synthesize_manifest_encode_end_to_end(ray_local, tmp_path, tok):
     synthesize([(f"utt{i}", s) for i, s in enumerate(SENTENCES)], audio, progress=False)
     manifest = build_manifest(audio, tmp_path / "manifest.parquet", progress=False)
     out = tmp_path / "units"
-    meta = encode(manifest, "mfcc", out, rows_per_shard=2, progress=False)
+    meta = encode(manifest, "mfcc", out, rows_per_shard=2, window_rows=4, progress=False)  # 2 Ray Data runs
 
     assert [p.name for p in shard_paths(out)] == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
     table = read_units_table(out)
@@ -81,13 +81,22 @@ def test_synthesize_manifest_encode_end_to_end(ray_local, tmp_path, tok):
 
     # a rerun finds everything done and rewrites no shard; a different setting is refused, nothing lost
     stamps = {p.name: p.stat().st_mtime_ns for p in shard_paths(out)}
-    again = encode(manifest, "mfcc", out, rows_per_shard=2, progress=False)
+    again = encode(manifest, "mfcc", out, rows_per_shard=2, window_rows=4, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in shard_paths(out)} == stamps
     assert again.counts == meta.counts
     with pytest.raises(SlmscaleError, match="dedup"):
         encode(manifest, "mfcc", out, rows_per_shard=2, dedup=False, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in shard_paths(out)} == stamps
 
+
+
+def test_windows_group_whole_shards():
+    from tokenization.encode import _windows
+
+    pending = {0: [0, 1], 1: [2, 3], 3: [6, 7], 4: [8]}
+    assert _windows(pending, 4) == [{0: [0, 1], 1: [2, 3]}, {3: [6, 7], 4: [8]}]
+    assert _windows(pending, 1) == [{0: [0, 1]}, {1: [2, 3]}, {3: [6, 7]}, {4: [8]}]  # a shard is never split
+    assert _windows(pending, 100) == [pending]
 
 
 def test_unit_actor_without_dedup_keeps_every_frame(tok):

@@ -44,7 +44,7 @@ def _encode(args) -> int:
     meta = encode(args.manifest, args.tokenizer, args.output, layer=args.layer, kmeans=args.kmeans,
                   actors=args.actors, gpus_per_actor=args.gpus_per_actor, dedup=not args.no_dedup,
                   rows_per_shard=args.rows_per_shard, chunk_s=args.chunk_s, batch_size=args.batch_size,
-                  progress=not args.quiet)
+                  window_rows=args.window_rows, progress=not args.quiet)
     c = meta.counts
     print(f"wrote {args.output}: {c['utterances']} utterance(s), {c['units']:,} units, {c['hours']:.3f} h from "
           f"{c['encoded_files']} file(s); {c['rejected']} rejected (see rejects.parquet); tokenizer hash "
@@ -173,6 +173,8 @@ def register(sub, formatter_class) -> None:
     p.add_argument("--rows-per-shard", type=int, default=1000, help="manifest rows (files) per shard")
     p.add_argument("--chunk-s", type=float, default=60.0, help="files longer than this are split into chunks (utt_id#NNNN)")
     p.add_argument("--batch-size", type=int, default=None, help="chunks per actor call; %(default)s means 8 on CPU, 32 on GPU")
+    p.add_argument("--window-rows", type=int, default=100_000,
+                   help="manifest rows per Ray Data execution (whole shards): bounds driver memory on huge corpora")
     p.add_argument("--address", default=None, help="Ray cluster address; %(default)s means $RAY_ADDRESS, else a new local Ray")
     p.set_defaults(handler=_encode)
 

@@ -39,6 +39,7 @@ class EncodeConfig:
     gpus_per_actor: float | None = None  # default: 1 for hubert when the cluster has GPUs, else 0
     batch_size: int | None = None  # chunks per actor call; default 8 on CPU, 32 on GPU
     decode_cpus: float = 0.25  # CPU share reserved per decode task (decoding is light next to features)
+    window_rows: int = 100_000  # rows per Ray Data execution: bounds the driver's bookkeeping on huge manifests
 
     def validate(self) -> "EncodeConfig":
         if not isinstance(self.rows_per_shard, int) or self.rows_per_shard < 1:
@@ -51,6 +52,8 @@ class EncodeConfig:
             raise SlmscaleError(f"--gpus-per-actor: expected >= 0, got {self.gpus_per_actor!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise SlmscaleError(f"--batch-size: expected a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.window_rows, int) or self.window_rows < 1:
+            raise SlmscaleError(f"--window-rows: expected a positive integer, got {self.window_rows!r}")
         if not 0 < self.decode_cpus <= 64:
             raise SlmscaleError(f"decode_cpus: expected a CPU share in (0, 64], got {self.decode_cpus!r}")
         return self
@@ -161,9 +164,8 @@ class _ShardCollector:
 
 
 def _run_pipeline(manifest: pa.Table, pending: dict[int, list[int]], spec: TokenizerSpec, cfg: EncodeConfig,
-                  collector: _ShardCollector, progress: bool) -> dict[str, Any]:
+                  collector: _ShardCollector, bar) -> dict[str, Any]:
     import ray
-    from tqdm.auto import tqdm
 
     from .pipeline import UnitActor, decode_row
     from .ray_utils import ensure_ray
@@ -197,13 +199,26 @@ def _run_pipeline(manifest: pa.Table, pending: dict[int, list[int]], spec: Token
             num_gpus=gpa,
             zero_copy_batch=True,
         )
-        with tqdm(total=len(rows), desc="encoding", unit="file", disable=not progress) as bar:
-            for out in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
-                for r in out.to_pylist():
-                    bar.update(collector.add(r))
+        for out in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
+            for r in out.to_pylist():
+                bar.update(collector.add(r))
     finally:
         ctx.enable_progress_bars = saved_bars
     return {"actors": actors, "cpus_per_actor": round(cpa, 3), "gpus_per_actor": gpa, "batch_size": batch}
+
+
+def _windows(pending: dict[int, list[int]], window_rows: int) -> list[dict[int, list[int]]]:
+    """Whole shards grouped into runs of at most `window_rows` rows (at least one shard each). Each window is one
+    Ray Data execution, so the driver's per-row bookkeeping never exceeds a window, whatever the corpus size."""
+    windows: list[dict[int, list[int]]] = [{}]
+    size = 0
+    for shard in sorted(pending):
+        if windows[-1] and size + len(pending[shard]) > window_rows:
+            windows.append({})
+            size = 0
+        windows[-1][shard] = pending[shard]
+        size += len(pending[shard])
+    return windows
 
 
 def _merge_rejects(out_dir: Path, n_shards: int) -> int:
@@ -241,6 +256,7 @@ def encode(
     rows_per_shard: int = 1000,
     chunk_s: float = 60.0,
     batch_size: int | None = None,
+    window_rows: int = 100_000,
     progress: bool = True,
 ) -> UnitsMeta:
     """Encode every file of `manifest` with `tokenizer` ("mfcc" or "hubert:DIR") into the unit dataset `out_dir`.
@@ -249,7 +265,7 @@ def encode(
     encoded are listed in rejects.parquet with their reason; files in = encoded + rejected.
     """
     cfg = EncodeConfig(rows_per_shard=rows_per_shard, chunk_s=float(chunk_s), dedup=bool(dedup), actors=actors,
-                       gpus_per_actor=gpus_per_actor, batch_size=batch_size).validate()
+                       gpus_per_actor=gpus_per_actor, batch_size=batch_size, window_rows=window_rows).validate()
     manifest = Path(manifest)
     table = read_manifest(manifest)
     if len(table) == 0:
@@ -278,10 +294,14 @@ def encode(
                   "manifest_sha256": manifest_sha, "code_version": code_version()}
     run_info: dict[str, Any] = {}
     if pending:
-        collector = _ShardCollector(out_dir, pending, provenance)
-        run_info = _run_pipeline(table, pending, actor_spec, cfg, collector, progress)
-        if collector.unfinished:  # every row yields a result or a reject, so this is a bug, not bad input
-            raise RuntimeError(f"encode: shards {collector.unfinished[:5]} did not receive all their rows")
+        from tqdm.auto import tqdm
+
+        with tqdm(total=sum(map(len, pending.values())), desc="encoding", unit="file", disable=not progress) as bar:
+            for window in _windows(pending, cfg.window_rows):
+                collector = _ShardCollector(out_dir, window, provenance)
+                run_info = _run_pipeline(table, window, actor_spec, cfg, collector, bar)
+                if collector.unfinished:  # every row yields a result or a reject: a bug, not bad input
+                    raise RuntimeError(f"encode: shards {collector.unfinished[:5]} did not receive all their rows")
     n_rejected = _merge_rejects(out_dir, n_shards)
     meta = UnitsMeta(
         vocab_size=vocab_size,

@@ -110,9 +110,11 @@ def train_trial(config: dict[str, Any]) -> dict[str, Any]:
         spec = json.loads(Path(config["sweep_file"]).read_text())
         trial = next(t for t in spec["trials"] if t["run_id"] == config["run_id"])
         sweep = spec["settings"]
+        run_root = Path(config["sweep_file"]).parent / "runs"  # next to sweep.json, wherever the storage is mounted
     else:  # called directly with an explicit trial + settings
         trial, sweep = config["trial"], config["sweep"]
-    run_dir = Path(sweep["run_root"]) / trial["run_id"]
+        run_root = Path(sweep["run_root"])
+    run_dir = run_root / trial["run_id"]
     run_dir.mkdir(parents=True, exist_ok=True)
     row_path = run_dir / ROW_FILE
     if row_path.is_file():  # finished in an earlier attempt (e.g. the driver died after the trial ended)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .batched_newton import minimize_batched
+from .batched_newton import cpu_threads, minimize_batched
 from .fit import FitData, FitResult, make_residuals, theta_to_params
 from .io import SlmscaleError
 from .optimal import closed_form_optimal
@@ -69,8 +69,9 @@ def bootstrap_fit(df: pd.DataFrame, fit: FitResult, n_boot: int = 200, seed: int
     m = len(starts)
     theta0 = torch.as_tensor(np.tile(starts, (n_boot, 1)), dtype=torch.float64, device=device)
     weights = torch.as_tensor(np.repeat(counts, m, axis=0), dtype=torch.float64, device=device)
-    result = minimize_batched(make_residuals(config.form, data, device), theta0, weights, config.delta,
-                              max_iter=config.max_iter, desc="bootstrap" if progress else None)
+    with cpu_threads(config.cpu_threads if device.type == "cpu" else None):
+        result = minimize_batched(make_residuals(config.form, data, device), theta0, weights, config.delta,
+                                  max_iter=config.max_iter, desc="bootstrap" if progress else None)
     values = result.value.cpu().numpy().reshape(n_boot, m)
     values = np.where(np.isfinite(values), values, np.inf)
     thetas = result.theta.cpu().numpy().reshape(n_boot, m, -1)

@@ -148,8 +148,9 @@ def _add_fit_options(p: argparse.ArgumentParser, default_boot: int) -> None:
     p.add_argument("--exclude-highest-loss", type=int, default=0, metavar="K",
                    help="drop the K highest-loss runs before fitting (Epoch's replication drops 5)")
     p.add_argument("--grid", choices=("epoch", "coarse"), default="epoch",
-                   help="initialisations: epoch = Hoffmann/Epoch grid of 4,500 (x4 R* values for data-constrained); "
-                        "coarse = 243")
+                   help="initialisations: epoch = Hoffmann/Epoch grid of 4,500; coarse = 243 (data-constrained: "
+                        "the grid is fitted in Chinchilla form first, its optima x 16 (R_N*, R_D*) starts); "
+                        "")
     p.add_argument("--bootstrap", type=int, default=default_boot, metavar="B",
                    help="bootstrap resamples of the runs for confidence intervals (0 = none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")

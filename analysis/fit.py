@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .batched_newton import minimize_batched
+from .batched_newton import cpu_threads, minimize_batched
 from .io import SlmscaleError, code_version
 from .params import ScalingParams
 
@@ -28,33 +28,29 @@ FORMS = ("chinchilla", "data-constrained")
 THETA_NAMES = ("a", "b", "e", "alpha", "beta", "log_R_N_star", "log_R_D_star")
 
 
-def epoch_grid(form: str = "chinchilla", r_star_values: tuple[float, ...] = (5.0, 25.0)) -> np.ndarray:
+def epoch_grid() -> np.ndarray:
     """The Hoffmann et al. / Epoch grid of 4,500 initialisations (a, b, e, α, β).
 
     Besiroglu et al. (epoch-research/analyzing-chinchilla, `data_analysis.ipynb`): α, β ∈ {0, 0.5, …, 2},
-    e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 25}. The data-constrained form crosses it with R_N*, R_D* ∈
-    `r_star_values` (started in log space).
+    e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 25}.
     """
     alpha = np.arange(0, 2.5, 0.5)
     beta = np.arange(0, 2.5, 0.5)
     e = np.arange(-1, 1.5, 0.5)
     a = np.arange(0, 30, 5)
     b = np.arange(0, 30, 5)
-    base = np.array([(ai, bi, ei, al, be) for al, be, ei, ai, bi in itertools.product(alpha, beta, e, a, b)])
-    if form == "chinchilla":
-        return base
-    logs = np.log(np.asarray(r_star_values, dtype=float))
-    extra = np.array(list(itertools.product(logs, logs)))
-    return np.concatenate([np.repeat(base, len(extra), 0), np.tile(extra, (len(base), 1))], axis=1)
+    return np.array([(ai, bi, ei, al, be) for al, be, ei, ai, bi in itertools.product(alpha, beta, e, a, b)])
 
 
-def coarse_grid(form: str = "chinchilla") -> np.ndarray:
+def coarse_grid() -> np.ndarray:
     """A 3^5 = 243-start grid spanning the same ranges, for quick fits and tests."""
     values = [(0.0, 10.0, 20.0), (0.0, 10.0, 20.0), (-1.0, 0.0, 1.0), (0.1, 0.5, 1.5), (0.1, 0.5, 1.5)]
-    base = np.array(list(itertools.product(*values)))
-    if form == "chinchilla":
-        return base
-    logs = np.log([5.0, 25.0])
+    return np.array(list(itertools.product(*values)))
+
+
+def with_r_star_starts(base: np.ndarray, r_star_values) -> np.ndarray:
+    """Cross (a, b, e, α, β) starts with every (R_N*, R_D*) pair of `r_star_values` (in log space)."""
+    logs = np.log(np.asarray(r_star_values, dtype=float))
     extra = np.array(list(itertools.product(logs, logs)))
     return np.concatenate([np.repeat(base, len(extra), 0), np.tile(extra, (len(base), 1))], axis=1)
 
@@ -64,10 +60,13 @@ class FitConfig:
     form: str = "chinchilla"  # or "data-constrained"
     delta: float = 1e-3  # Huber δ on log-loss residuals (Hoffmann et al.; the speech paper used 0.03)
     exclude_highest_loss: int = 0  # drop the K highest-loss runs before fitting (Epoch drops 5)
-    grid: str = "epoch"  # "epoch" (4,500 starts; ×4 for data-constrained) or "coarse" (243 starts)
-    r_star_values: tuple[float, ...] = (5.0, 25.0)  # initial R_N*, R_D* values crossed with the grid
+    grid: str = "epoch"  # "epoch" (4,500 starts) or "coarse" (243 starts)
+    # Data-constrained form: the grid is first fitted in the Chinchilla form; its distinct optima are then
+    # crossed with these initial R_N*, R_D* values (R_D* is 15.4 for text, 25 for speech in Table 5).
+    r_star_values: tuple[float, ...] = (1.0, 5.0, 25.0, 100.0)
     max_iter: int = 300
     device: str = "auto"  # "auto" = CUDA when available, else CPU
+    cpu_threads: int | None = 1  # torch threads during a CPU fit (see batched_newton.cpu_threads); None = default
 
     def validate(self) -> "FitConfig":
         if self.form not in FORMS:
@@ -80,6 +79,8 @@ class FitConfig:
             raise SlmscaleError(f"--grid: expected 'epoch' or 'coarse', got '{self.grid}'")
         if not self.r_star_values or any(not (v > 0) for v in self.r_star_values):
             raise SlmscaleError(f"r_star_values: expected positive numbers, got {self.r_star_values}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise SlmscaleError(f"cpu_threads: expected ≥ 1 or None, got {self.cpu_threads}")
         if self.max_iter < 1:
             raise SlmscaleError(f"max_iter: expected ≥ 1, got {self.max_iter}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -91,9 +92,8 @@ class FitConfig:
         return 5 if self.form == "chinchilla" else 7
 
     def initial_grid(self) -> np.ndarray:
-        if self.grid == "coarse":
-            return coarse_grid(self.form)
-        return epoch_grid(self.form, self.r_star_values)
+        """The (a, b, e, α, β) starting points."""
+        return coarse_grid() if self.grid == "coarse" else epoch_grid()
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -288,10 +288,17 @@ def fit_scaling_law(df: pd.DataFrame, config: FitConfig = FitConfig(), source: s
     device = config.torch_device()
     start = time.perf_counter()
     residuals = make_residuals(config.form, data, device)
-    theta0 = torch.as_tensor(config.initial_grid(), dtype=torch.float64, device=device)
+    grid = config.initial_grid()
+    if config.form == "data-constrained":
+        # Two stages: the whole grid in the cheap Chinchilla form (analytic Jacobian) finds the basins of
+        # (a, b, e, α, β); their distinct optima, crossed with a few R_N*, R_D* values, start the 7-parameter fit.
+        stage1 = fit_scaling_law(df, replace(config, form="chinchilla"), source, progress)
+        grid = with_r_star_starts(stage1.local_optima, config.r_star_values)
+    theta0 = torch.as_tensor(grid, dtype=torch.float64, device=device)
     weights = torch.ones(len(theta0), len(data), dtype=torch.float64, device=device)
-    result = minimize_batched(residuals, theta0, weights, config.delta, max_iter=config.max_iter,
-                              desc=f"fit {config.form}" if progress else None)
+    with cpu_threads(config.cpu_threads if device.type == "cpu" else None):
+        result = minimize_batched(residuals, theta0, weights, config.delta, max_iter=config.max_iter,
+                                  desc=f"fit {config.form}" if progress else None)
     values = result.value.cpu().numpy()
     theta = result.theta.cpu().numpy()
     usable = np.where(result.converged.cpu().numpy() & np.isfinite(values), values, np.inf)

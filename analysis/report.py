@@ -279,7 +279,7 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, *, results_path: str | P
     fit_section(report, fit, boot, figs)
 
     lo, hi = float(df["flops"].min()), float(df["flops"].max())
-    budgets = list(budgets) if budgets else sorted({10 ** round(math.log10(x)) for x in (lo, math.sqrt(lo * hi), hi, hi * 100)})
+    budgets = [float(b) for b in budgets] if budgets else sorted({10.0 ** round(math.log10(x)) for x in (lo, math.sqrt(lo * hi), hi, hi * 100)})
     presets = {k: PRESETS[k] for k in ("speech", "text", "epoch")}
     opt_fig = plot_optimal_vs_compute(fit.params, out_dir / "optimal_vs_compute.png",
                                       compute_range=(min(budgets + [lo]) / 3, max(budgets + [hi]) * 3),

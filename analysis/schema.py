@@ -100,6 +100,9 @@ def read_results(
     df = _read_any(path)
     rename = {}
     for canon, user in (("n_params", columns.n), ("tokens", columns.d), ("loss", columns.loss), ("flops", columns.flops)):
+        if user != canon and user not in df.columns:
+            # A column the user named explicitly must exist; silently using the canonical one would fit the wrong data.
+            raise SlmscaleError(f"{path}: missing column '{user}' (given for {canon}). Columns: {list(df.columns)}")
         if user != canon and user in df.columns:
             if canon in df.columns:
                 df = df.drop(columns=[canon])

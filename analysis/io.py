@@ -27,6 +27,10 @@ __all__ = [
 ]
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask once (os.umask can only be read by setting it)
+
+
 class SlmscaleError(Exception):
     """An error caused by user input (a file, a field, a flag). The CLI prints it without a traceback."""
 
@@ -42,6 +46,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a results file should read like any other file
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -119,10 +119,12 @@ def test_killed_driver_then_resume_finishes_every_trial_once(ray_local, units, t
             if driver.poll() is not None:
                 raise AssertionError(f"driver exited early: {driver.stderr.read().decode()[-2000:]}")
             done = [d for d in runs.glob("*") if (d / "row.json").exists()]
-            midway = [d for d in runs.glob("*") if checkpoints(d) and not (d / "row.json").exists()]
+            # The longest trial (32 updates, a checkpoint every 4) past its first checkpoint: far from its end, so
+            # it is still training when the kill lands.
+            midway = [d for d in runs.glob("*-D16.4k-*") if checkpoints(d) and not (d / "row.json").exists()]
             return (done, midway) if done and midway else None
 
-        done, midway = wait_for(finished_and_midway, 240, "one finished trial and one mid-training")
+        done, midway = wait_for(finished_and_midway, 240, "one finished trial and the longest one mid-training")
     finally:
         _kill_session(driver)
     before = {d.name: ((d / "row.json").stat().st_mtime_ns, (d / "attempt.json").read_text()) for d in runs.glob("*")
@@ -137,8 +139,10 @@ def test_killed_driver_then_resume_finishes_every_trial_once(ray_local, units, t
     for name, (mtime, attempt) in before.items():  # finished trials were not rerun
         assert (runs / name / "row.json").stat().st_mtime_ns == mtime
         assert (runs / name / "attempt.json").read_text() == attempt
-    resumed = [json.loads((d / "attempt.json").read_text()) for d in midway]
-    assert any(a["resumed_from_step"] > 0 for a in resumed)  # an interrupted trial continued from its checkpoint
+    [interrupted] = midway
+    assert interrupted.name not in before  # it had not finished when the driver died
+    resumed = json.loads((interrupted / "attempt.json").read_text())
+    assert resumed["attempt"] == 2 and resumed["resumed_from_step"] > 0  # continued from its checkpoint
 
     out = tmp_path / "results.parquet"
     assert main(["sweep", "results", str(storage), "-o", str(out), "--complete"]) == 0

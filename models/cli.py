@@ -51,7 +51,7 @@ def register(sub, formatter_class) -> None:
     t = sub.add_parser("train", help="train one model on a unit dataset (resumable)", formatter_class=formatter_class,
                        description=TRAIN_DESCRIPTION)
     t.add_argument("--units", metavar="DIR", default=argparse.SUPPRESS, help="unit dataset directory (required unless --resume)")
-    t.add_argument("--model", metavar="NAME", default=argparse.SUPPRESS, help="ladder size: 20M 85M 155M 309M 823M tiny-100K tiny-1M tiny-3M tiny-6M")
+    t.add_argument("--model", metavar="NAME", default=argparse.SUPPRESS, help="ladder size: 20M 85M 155M 309M 823M tiny-100K tiny-300K tiny-1M tiny-3M tiny-6M")
     t.add_argument("--tokens", type=_int_tokens, metavar="D", default=argparse.SUPPRESS, help="token budget D (rounded down to whole updates)")
     t.add_argument("-o", "--out", metavar="RUN_DIR", default=argparse.SUPPRESS, help="run directory to create or continue")
     t.add_argument("--resume", metavar="RUN_DIR", default=argparse.SUPPRESS, help="continue the run in RUN_DIR with its saved config")

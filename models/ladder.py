@@ -66,6 +66,7 @@ PAPER_SIZES = (
 # Tiny sizes: same architecture, small context and small updates so a CPU run finishes in seconds.
 TINY_SIZES = (
     ModelSize("tiny-100K", 2, 64, 2, 192, 64, 512, 8),
+    ModelSize("tiny-300K", 3, 96, 3, 256, 128, 1_024, 8),
     ModelSize("tiny-1M", 4, 128, 4, 384, 128, 2_048, 16),
     ModelSize("tiny-3M", 6, 192, 6, 512, 256, 4_096, 16),
     ModelSize("tiny-6M", 8, 256, 8, 640, 256, 8_192, 16),

@@ -43,13 +43,13 @@ class DemoScale:
 
 SCALES: dict[str, DemoScale] = {
     # The end-to-end test: every stage runs, numbers are not meaningful.
-    "smallest": DemoScale(stories=12, models=("tiny-100K", "tiny-1M", "tiny-3M"), tokens=(4_096, 8_192, 16_384),
+    "smallest": DemoScale(stories=30, models=("tiny-100K", "tiny-300K", "tiny-1M"), tokens=(4_096, 8_192, 16_384),
                           bootstrap=10),
     # `make demo`: about a quarter of an hour on a 2-core laptop.
-    "small": DemoScale(stories=160, models=("tiny-100K", "tiny-1M", "tiny-3M"), tokens=(16_384, 49_152, 131_072),
+    "small": DemoScale(stories=160, models=("tiny-100K", "tiny-300K", "tiny-1M"), tokens=(16_384, 49_152, 131_072),
                        bootstrap=100),
     # Bigger: more data, a fourth size and budget; an hour or more on a laptop, minutes on a GPU box.
-    "medium": DemoScale(stories=600, models=("tiny-100K", "tiny-1M", "tiny-3M", "tiny-6M"),
+    "medium": DemoScale(stories=600, models=("tiny-100K", "tiny-300K", "tiny-1M", "tiny-3M"),
                         tokens=(32_768, 131_072, 393_216, 1_048_576), bootstrap=200),
 }
 
@@ -77,7 +77,12 @@ def demo_grid(scale: DemoScale, units: Path, evals: list[dict[str, str]]):
         "seeds": [0],
         "eval": evals,
         "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
-        "train": {"eval_tokens": 8_192, "test_tokens": 16_384},
+        # Held-out splits by utterance-id hash: 10% each, so a corpus of a few dozen stories still has
+        # utterances in validation and test.
+        # The same update size and a learning rate suited to tiny models for every size, so that each run
+        # takes enough optimizer steps for model size to matter at these small budgets.
+        "train": {"eval_tokens": 8_192, "test_tokens": 16_384, "val_fraction": 0.1, "test_fraction": 0.1,
+                  "tokens_per_update": 1_024, "lr": 2e-3, "min_lr": 2e-4},
         "max_failures": 2,
     }
     if scale.max_concurrent:
@@ -209,8 +214,10 @@ def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small",
                            f"'{out / 'sweep'}')")
     summary = _sweep(scale, out / "units", evals, out / "sweep", address)
     if summary["finished"] < summary["trials"]:
-        raise SlmscaleError(f"sweep: only {summary['finished']} of {summary['trials']} trials finished "
-                            f"({summary['errored']}); rerun `slmscale demo` to resume")
+        failed = ", ".join(e["run_id"] for e in summary["errored"]) or "none errored"
+        raise SlmscaleError(f"sweep: only {summary['finished']} of {summary['trials']} trials finished (errored: "
+                            f"{failed}); see `slmscale sweep status '{out / 'sweep'}'`, then rerun `slmscale demo` "
+                            f"to resume")
     _done(t, f"{summary['finished']} trials finished")
 
     t = _stage(5, "results", "one row per trial, with provenance")

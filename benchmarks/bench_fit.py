@@ -43,7 +43,7 @@ def main() -> int:
     if args.starts < len(grid):
         grid = grid[np.linspace(0, len(grid) - 1, args.starts).round().astype(int)]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-          f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}; "
+          f"{torch.get_num_threads()} (the fit itself uses FitConfig.cpu_threads = {FitConfig().cpu_threads}), device {'cuda' if torch.cuda.is_available() else 'cpu'}; "
           f"{len(data)} runs, {len(grid)} starts")
 
     config = FitConfig(exclude_highest_loss=5)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.batched_newton import forward_jacobian, minimize_batched
+from analysis.batched_newton import cpu_threads, forward_jacobian, minimize_batched
 from analysis.fit import FitConfig, FitData, coarse_grid, epoch_grid, fit_scaling_law, make_residuals, theta_to_params
 from analysis.io import SlmscaleError
 from analysis.params import ScalingParams
@@ -48,8 +48,9 @@ def test_starts_are_independent(chinchilla):
     res = make_residuals("chinchilla", data, torch.device("cpu"))
     starts = torch.as_tensor(epoch_grid()[::600], dtype=torch.float64)
     w = torch.ones(len(starts), len(data), dtype=torch.float64)
-    together = minimize_batched(res, starts, w, 1e-3)
-    alone = minimize_batched(res, starts[3:4], w[3:4], 1e-3)
+    with cpu_threads(1):  # as fit_scaling_law does on CPU
+        together = minimize_batched(res, starts, w, 1e-3)
+        alone = minimize_batched(res, starts[3:4], w[3:4], 1e-3)
     torch.testing.assert_close(together.theta[3], alone.theta[0], rtol=0, atol=1e-12)
     assert together.value[3].item() == pytest.approx(alone.value[0].item(), rel=1e-14)
 
@@ -60,7 +61,8 @@ def test_matches_per_start_scipy_on_chinchilla(chinchilla):
     subset = epoch_grid()[::400]  # 12 starts keep this fast; the full grid is checked below
     ref = scipy_fit_per_start(data, subset, 1e-3, analytic_grad=True)
     res = make_residuals("chinchilla", data, torch.device("cpu"))
-    ours = minimize_batched(res, torch.as_tensor(subset), torch.ones(len(subset), len(data), dtype=torch.float64), 1e-3)
+    with cpu_threads(1):
+        ours = minimize_batched(res, torch.as_tensor(subset), torch.ones(len(subset), len(data), dtype=torch.float64), 1e-3)
     best = int(torch.argmin(torch.where(ours.converged, ours.value, torch.inf)))
     assert ours.value[best].item() <= ref.objective * (1 + 1e-7)
     p_ours, p_ref = theta_to_params(ours.theta[best].numpy(), "chinchilla"), theta_to_params(ref.theta, "chinchilla")

@@ -96,6 +96,35 @@ def _read_shard(path: Path, columns: list[str]) -> pa.Table:
     return table
 
 
+def _empty_split(units_dir, name: str, n_utts: int, val_fraction: float, test_fraction: float) -> SlmscaleError:
+    return SlmscaleError(
+        f"{units_dir}: the {name} split is empty ({n_utts} utterances, val_fraction={val_fraction}, "
+        f"test_fraction={test_fraction}); expected at least one utterance in each split — "
+        f"use a larger dataset or larger fractions"
+    )
+
+
+def check_splits(units_dir: str | Path, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Utterances per split, from the utt_id column alone (cheap: no units are read). Raises the same error as
+    `load_unit_streams` for an empty split, so a sweep can refuse a dataset before launching any trial."""
+    paths = shard_paths(units_dir)
+    if not paths:
+        raise SlmscaleError(f"{units_dir}: no shard-*.parquet files — the unit dataset is empty")
+    counts = dict.fromkeys(SPLITS, 0)
+    n_utts = 0
+    for path in paths:
+        table = _read_shard(path, ["utt_id", "units"])
+        lengths = np.diff(_list_parts(table.column("units"))[1])
+        for utt_id, length in zip(table.column("utt_id").to_pylist(), lengths):
+            n_utts += 1
+            if length > 0:
+                counts[split_of(utt_id, val_fraction, test_fraction)] += 1
+    for name in SPLITS:
+        if counts[name] == 0:
+            raise _empty_split(units_dir, name, n_utts, val_fraction, test_fraction)
+    return counts
+
+
 def load_unit_streams(units_dir: str | Path, val_fraction: float, test_fraction: float, seed: int) -> UnitStreams:
     """Read every shard, check unit ids against meta.json's K, split by utt_id hash and pack each split.
 
@@ -142,11 +171,7 @@ def load_unit_streams(units_dir: str | Path, val_fraction: float, test_fraction:
         idx = by_id[(split[by_id] == code) & (length[by_id] > 0)]
         counts[name] = int(idx.size)
         if idx.size == 0:
-            raise SlmscaleError(
-                f"{units_dir}: the {name} split is empty ({len(utt_ids)} utterances, val_fraction={val_fraction}, "
-                f"test_fraction={test_fraction}); expected at least one utterance in each split — "
-                f"use a larger dataset or larger fractions"
-            )
+            raise _empty_split(units_dir, name, len(utt_ids), val_fraction, test_fraction)
         if name == "train":
             idx = idx[np.random.default_rng([seed, 0x5EED]).permutation(idx.size)]
         ends = np.cumsum(length[idx] + 1)

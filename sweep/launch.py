@@ -173,12 +173,18 @@ def _check_train_configs(spec: GridSpec, trials: list[Trial], root: Path, n_unit
 
     settings = {"units": spec.units, "train": spec.train,
                 "resources": {m: _asdict(spec.resources_for(m)) for m in spec.models}}
+    from models.data import check_splits
+
+    split_fractions = set()
     for trial in trials:
         try:
             cfg = train_config_for(trial.to_dict(), settings, root / "runs" / trial.run_id)
             make_train_plan(cfg.validate(), n_units)
         except (SlmscaleError, TypeError, ValueError) as exc:
             raise SlmscaleError(f"{spec.source}: trial {trial.run_id}: {exc}") from None
+        split_fractions.add((cfg.val_fraction, cfg.test_fraction))
+    for val_fraction, test_fraction in sorted(split_fractions):  # every trial needs non-empty val/test splits
+        check_splits(spec.units, val_fraction, test_fraction)
 
 
 def _check_storage_shared(root: Path) -> None:

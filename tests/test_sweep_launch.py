@@ -190,6 +190,17 @@ def test_trial_configs_are_checked_before_launch(units, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_unit_dataset_too_small_for_the_splits_is_refused_before_launch(tmp_path, capsys):
+    from models.synthetic_units import write_pattern_units
+
+    few = write_pattern_units(tmp_path / "few", n_units=50, n_utterances=6, seed=1)  # 2% splits: empty val/test
+    grid = write_grid(tmp_path / "g.yaml")
+    assert main(["sweep", "launch", str(grid), "--units", str(few), "--storage", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "split is empty" in err and "6 utterances" in err
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_failing_trial_is_reported_as_error(ray_local, units, tmp_path, capsys):

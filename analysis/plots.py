@@ -175,9 +175,9 @@ def plot_downstream(compute, score, law, path: Path, metric: str, level: float =
     half = stats.t.ppf(0.5 + level / 2, dof) * s * np.sqrt(1 / len(x) + (grid - x.mean()) ** 2 / sxx)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(7, 4.6))
-        ax.fill_between(np.exp(grid), np.exp(fitted - half), np.exp(fitted + half), color="#1f77b4", alpha=0.18, lw=0,
+        ax.fill_between(np.exp(grid), np.exp(fitted - half), np.exp(fitted + half), color="#444444", alpha=0.18, lw=0,
                         label=f"{level:.0%} CI of the mean")
-        ax.plot(np.exp(grid), np.exp(fitted), color="#1f77b4", lw=2,
+        ax.plot(np.exp(grid), np.exp(fitted), color="#222222", lw=2.2,
                 label=f"fit: Q = {law.k:.3g}·C^{law.gamma:.3f}  (R² {law.r2:.2f})")
         for name, g in (reference_gammas or {}).items():
             # Same anchor (the fit at the median compute), the other modality's slope.

@@ -78,6 +78,8 @@ def cmd_fit(args) -> int:
     print(f"{config.form} fit of {fit.n_runs} runs ({fit.n_starts} starts, {fit.n_converged} converged, {fit.seconds:.1f} s): "
           f"E={p.E:.4g} A={p.A:.4g} B={p.B:.4g} alpha={p.alpha:.4g} beta={p.beta:.4g}"
           + (f" R_N*={p.R_N_star:.4g} R_D*={p.R_D_star:.4g}" if p.data_constrained else ""))
+    if not p.has_optimum:
+        print(f"  note: {p.why_no_optimum()}")
     if boot is not None:
         for k, (lo, hi) in out["ci"].items():
             print(f"  {k:9s} {args.ci:.0%} CI [{lo:.4g}, {hi:.4g}]")

@@ -38,8 +38,11 @@ class Allocation:
 
 
 def closed_form_optimal(compute, params: ScalingParams):
-    """(N_opt, D_opt) arrays for budget(s) C under C = 6 N D."""
+    """(N_opt, D_opt) arrays for budget(s) C under C = 6 N D; NaN where the parameters have no optimum
+    (alpha or beta <= 0), so bootstrap bands and plots skip such replicates instead of taking complex powers."""
     c = np.asarray(compute, dtype=float) / 6.0
+    if not params.has_optimum:
+        return np.full_like(c, np.nan), np.full_like(c, np.nan)
     al, be = params.alpha, params.beta
     g = (al * params.A / (be * params.B)) ** (1.0 / (al + be))
     return g * c ** (be / (al + be)), c ** (al / (al + be)) / g
@@ -53,6 +56,8 @@ def _check_compute(compute: float) -> None:
 def compute_optimal(compute: float, params: ScalingParams, unique_tokens: float | None = None) -> Allocation:
     """The loss-minimising (N, D) for a budget C, optionally with at most `unique_tokens` unique tokens."""
     _check_compute(compute)
+    if not params.has_optimum:
+        raise SlmscaleError(f"{params.source or 'params'}: {params.why_no_optimum()}")
     n_cf, d_cf = (float(x) for x in closed_form_optimal(compute, params))
     if unique_tokens is None or d_cf <= unique_tokens:
         loss = float(params.loss(n_cf, d_cf))

@@ -44,6 +44,17 @@ class ScalingParams:
             raise SlmscaleError(f"{where}: give both 'R_N_star' and 'R_D_star' (data-constrained form) or neither")
         return self
 
+    @property
+    def has_optimum(self) -> bool:
+        """A compute-optimal allocation exists only when loss falls with both N and D (alpha, beta > 0).
+        A fit to runs where larger models did not help (e.g. all far under-trained) can give alpha <= 0."""
+        return self.alpha > 0 and self.beta > 0
+
+    def why_no_optimum(self) -> str:
+        return (f"alpha = {self.alpha:.4g}, beta = {self.beta:.4g}: the fitted loss does not fall with "
+                f"{'model size N' if self.alpha <= 0 else 'tokens D'}, so no compute-optimal allocation exists "
+                f"(train the runs longer, or add larger models / budgets)")
+
     def loss(self, n, d, unique_tokens=None):
         """Predicted loss for N parameters trained on D tokens (numpy arrays or floats).
 

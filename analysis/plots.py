@@ -113,19 +113,23 @@ def plot_isoflops(df: pd.DataFrame, params: ScalingParams, path: Path, budgets=N
         fig, ax = plt.subplots(figsize=(7.5, 5))
         for j, (budget, members) in enumerate(groups):
             colour = cmap(0.1 + 0.75 * j / max(len(groups) - 1, 1))
-            n_opt, d_opt = closed_form_optimal(budget, params)
-            lo = min(n[members].min() if len(members) else n_opt, n_opt) / 3
-            hi = max(n[members].max() if len(members) else n_opt, n_opt) * 3
-            span = np.logspace(np.log10(lo), np.log10(hi), 200)
+            n_opt, d_opt = (float(x) for x in closed_form_optimal(budget, params))
+            ends = [x for x in (n[members].min() if len(members) else None, n[members].max() if len(members) else None,
+                                n_opt) if x is not None and np.isfinite(x)]
+            if not ends:
+                continue
+            span = np.logspace(np.log10(min(ends) / 3), np.log10(max(ends) * 3), 200)
             ax.plot(span, params.loss(span, budget / (6 * span)), color=colour, lw=1.8, label=f"C = {budget:.2g} FLOPs")
-            ax.scatter([n_opt], [params.loss(n_opt, d_opt)], marker="*", s=140, color=colour, edgecolor="black",
-                       linewidth=0.6, zorder=4)
+            if np.isfinite(n_opt):
+                ax.scatter([n_opt], [params.loss(n_opt, d_opt)], marker="*", s=140, color=colour, edgecolor="black",
+                           linewidth=0.6, zorder=4)
             if len(members):
                 ax.scatter(n[members], loss[members], s=24, color=colour, edgecolor="white", linewidth=0.4, zorder=3)
         ax.set_xscale("log")
         ax.set_xlabel("model parameters N")
         ax.set_ylabel("loss (nats/token)")
-        ax.set_title("IsoFLOP profiles (★ = fitted compute-optimal size)")
+        ax.set_title("IsoFLOP profiles (★ = fitted compute-optimal size)" if params.has_optimum
+                     else "IsoFLOP profiles (no compute-optimal size: see the fit's exponents)")
         ax.legend(loc="upper right")
         return _save(fig, path)
 
@@ -144,7 +148,11 @@ def plot_optimal_vs_compute(params: ScalingParams, path: Path, compute_range=(1e
                 tail = (1 - level) / 2 * 100
                 lo, hi = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
                 ax.fill_between(compute, lo, hi, color="black", alpha=0.15, lw=0, label=f"{level:.0%} bootstrap CI")
-            ax.plot(compute, values, color="black", lw=2.2, label=label)
+            if params.has_optimum:
+                ax.plot(compute, values, color="black", lw=2.2, label=label)
+            else:
+                ax.text(0.98, 0.04, f"{label}: no optimum (α = {params.alpha:.3g}, β = {params.beta:.3g})",
+                        transform=ax.transAxes, ha="right", va="bottom", fontsize=9, color="#b00")
             for name_p, p in (presets or {}).items():
                 ax.plot(compute, closed_form_optimal(compute, p)[col], lw=1.4, ls="--",
                         color=PRESET_COLOURS.get(name_p, None), label=f"preset {name_p}")

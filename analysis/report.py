@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .io import atomic_write_text, code_version, sha256_file
+from .io import SlmscaleError, atomic_write_text, code_version, sha256_file
 
 __all__ = ["Report", "Section", "build_report", "fmt"]
 
@@ -192,10 +192,15 @@ def optimal_section(report: Report, params, budgets: Sequence[float], boot=None,
 
     sec = report.section("Compute-optimal allocation")
     sec.text("C = 6·N·D; N_opt and D_opt from the closed form of Hoffmann et al. (Appendix D) for each parameter set.")
+    if not params.has_optimum:
+        sec.text(f"**This fit has no compute-optimal allocation** ({params.why_no_optimum()}); only the presets are shown.")
     rows = []
     for c in budgets:
         entries = [(label, params)] + list((presets or {}).items())
         for name, p in entries:
+            if not p.has_optimum:
+                rows.append({"compute": c, "params": name, "N_opt": None, "D_opt": None, "D/N": None, "loss": None})
+                continue
             a = compute_optimal(c, p)
             row = {"compute": c, "params": name, "N_opt": a.N_opt, "D_opt": a.D_opt, "D/N": a.D_opt / a.N_opt, "loss": a.loss}
             if boot is not None and name == label:
@@ -294,7 +299,10 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, *, results_path: str | P
 
         figs = []
         for m in metric_cols:
-            r = downstream_analysis(df, m, versus="text" if metric_family(m) else None, level=level, source=source)
+            try:
+                r = downstream_analysis(df, m, versus="text" if metric_family(m) else None, level=level, source=source)
+            except SlmscaleError:  # gamma <= 0: the law is still worth showing, the multiplier does not exist
+                r = downstream_analysis(df, m, versus=None, level=level, source=source)
             downstream.append(r)
             rows = metric_rows(df, m, source)
             law = fit_power_law(rows["flops"], rows[m], level)

@@ -155,7 +155,9 @@ def build_demo_report(results: Path, out_dir: Path, *, units_dir: Path, sweep_di
     from analysis.params import ScalingParams
 
     params = ScalingParams(**{k: fit[k] for k in ("E", "A", "B", "alpha", "beta")})
-    for c in budgets:
+    if not params.has_optimum:
+        print(f"      note: {params.why_no_optimum()}", flush=True)
+    for c in budgets if params.has_optimum else ():
         a = compute_optimal(c, params)
         print(f"      C = {c:.0e} FLOPs: N_opt = {a.N_opt:,.0f}  D_opt = {a.D_opt:,.0f}  loss = {a.loss:.3f}", flush=True)
     return {"html": summary["report_html"], "md": summary["report_md"], "fit": fit, "ci": summary.get("ci"),

@@ -81,8 +81,10 @@ def test_synthesize_manifest_encode_end_to_end(ray_local, tmp_path, tok):
 
     # a rerun finds everything done and rewrites no shard; a different setting is refused, nothing lost
     stamps = {p.name: p.stat().st_mtime_ns for p in shard_paths(out)}
+    meta_bytes = (out / "meta.json").read_bytes()
     again = encode(manifest, "mfcc", out, rows_per_shard=2, window_rows=4, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in shard_paths(out)} == stamps
+    assert (out / "meta.json").read_bytes() == meta_bytes  # its hash identifies the dataset to trained runs
     assert again.counts == meta.counts
     with pytest.raises(SlmscaleError, match="dedup"):
         encode(manifest, "mfcc", out, rows_per_shard=2, dedup=False, progress=False)

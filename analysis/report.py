@@ -31,6 +31,8 @@ def fmt(x, digits: int = 4) -> str:
     if isinstance(x, (int, np.integer)):
         return f"{int(x):,}"
     x = float(x)
+    if math.isnan(x):
+        return "–"  # missing (pandas turns None into NaN)
     if not math.isfinite(x):
         return str(x)
     if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):

@@ -14,7 +14,6 @@ This module is deliberately light (pyarrow only) so that `models/` can read unit
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +21,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.io import SlmscaleError, atomic_path, atomic_write_json, sha256_bytes
+from analysis.io import SlmscaleError, atomic_path, atomic_write_json, read_json, sha256_bytes
 
 SCHEMA_VERSION = 1
 
@@ -87,10 +86,7 @@ def read_meta(units_dir: str | Path) -> UnitsMeta:
         raise SlmscaleError(f"unit dataset not found: {units_dir} is not a directory")
     if not path.is_file():
         raise SlmscaleError(f"{units_dir}: no meta.json — not a unit dataset (run `slmscale tokenize encode` first)")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SlmscaleError(f"{path}: invalid JSON: {exc}") from None
+    raw = read_json(path, "unit dataset meta")
     missing = [k for k in ("vocab_size", "tokenizer") if k not in raw]
     if missing:
         raise SlmscaleError(f"{path}: missing field(s) {missing}")

@@ -83,7 +83,9 @@ def test_demo_killed_mid_sweep_reruns_to_a_complete_report(tmp_path):
     for png in ("training_curves.png", "loss_vs_tokens.png", "isoflops.png", "optimal_vs_compute.png"):
         assert (Path(summary["report_html"]).parent / png).stat().st_size > 10_000, png
     fit = summary["fit"]
-    assert all(math.isfinite(fit[k]) and fit[k] > 0 for k in ("E", "A", "B", "alpha", "beta"))
+    assert all(math.isfinite(fit[k]) for k in ("E", "A", "B", "alpha", "beta"))
+    assert min(fit["E"], fit["A"], fit["B"]) > 0  # exp() of the log-sum-exp parameters; the exponents may have
+    # any sign at this smoke-test scale (the report then says there is no compute-optimal allocation)
     assert fit["n_runs"] == trials_total
     from analysis.fit import FitConfig, fit_scaling_law
     from analysis.schema import read_results

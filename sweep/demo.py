@@ -49,10 +49,10 @@ SCALES: dict[str, DemoScale] = {
     # The end-to-end test: every stage runs, numbers are not meaningful.
     "smallest": DemoScale(stories=30, models=("tiny-100K", "tiny-300K", "tiny-1M"), tokens=(4_096, 8_192, 16_384),
                           bootstrap=10),
-    # `make demo`: a few minutes on a 2-core laptop.
+    # `make demo`: about two minutes on a 2-core laptop after installation.
     "small": DemoScale(stories=300, models=("tiny-100K", "tiny-300K", "tiny-1M"), tokens=(16_384, 49_152, 131_072),
                        bootstrap=100),
-    # Bigger: a fourth size and budget; an hour or more on a laptop, minutes on a GPU box.
+    # Bigger: more stories, a fourth size and budget; tens of minutes on a laptop.
     "medium": DemoScale(stories=1000, models=("tiny-100K", "tiny-300K", "tiny-1M", "tiny-3M"),
                         tokens=(16_384, 49_152, 131_072, 393_216), bootstrap=200),
 }
@@ -262,7 +262,7 @@ Run the whole study end to end on an embedded default with no download: synthesi
 tokenize them with Ray Data, sweep an N x D grid of tiny models on local Ray Tune, score them on the
 embedded benchmarks, fit the scaling laws and write a report (OUT/report/report.html).
 Rerunning reuses every finished stage; an interrupted sweep resumes without redoing finished trials.
-Scales: smallest (a smoke test, ~minutes), small (default, ~15 min on 2 CPUs), medium (an hour+)."""
+Scales: smallest (a smoke test, ~1 min), small (default, ~2 min on 2 CPUs), medium (larger; tens of minutes)."""
 
 
 def _demo(args) -> int:

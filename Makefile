@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The torch build pip installs first. The default is the CPU wheel this project is developed with;
-# on a GPU cluster use your own, e.g.  make install TORCH_SPEC="torch==2.5.1"  (or a preinstalled env).
+# on a GPU cluster use your own, e.g.  make install TORCH_SPEC="torch==2.5.1", or TORCH_SPEC= to let pip
+# resolve torch>=2.4 itself.
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.slmscale-installed
 PYTEST_ARGS ?=
@@ -21,7 +22,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(if $(TORCH_SPEC),$(PY) -m pip install --quiet "$(TORCH_SPEC)",@echo "TORCH_SPEC empty: keeping the torch pip finds")
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 

@@ -4,10 +4,12 @@
 - isoFLOP profiles: loss vs N at fixed compute, fitted curve and its minimum
 - N_opt and D_opt vs compute: the fit, its bootstrap band, and published presets for comparison
 - downstream score vs compute with the fitted power law and its confidence band
+- training curves: loss vs tokens seen during each run, coloured by model size
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import matplotlib
 
@@ -21,7 +23,7 @@ from .io import atomic_path  # noqa: E402
 from .optimal import closed_form_optimal  # noqa: E402
 from .params import ScalingParams  # noqa: E402
 
-__all__ = ["plot_loss_vs_tokens", "plot_isoflops", "plot_optimal_vs_compute", "plot_downstream"]
+__all__ = ["plot_loss_vs_tokens", "plot_isoflops", "plot_optimal_vs_compute", "plot_downstream", "plot_training_curves"]
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 150, "font.size": 10.5, "axes.titlesize": 12, "axes.titleweight": "bold",
@@ -203,3 +205,29 @@ def plot_downstream(compute, score, law, path: Path, metric: str, level: float =
         ax.set_title(f"{metric} vs compute")
         ax.legend(loc="lower right")
         return _save(fig, path)
+
+
+def plot_training_curves(curves: Mapping[str, pd.DataFrame], sizes: Mapping[str, float], path: str | Path,
+                         column: str = "val_loss", title: str = "Training curves") -> Path:
+    """`curves[run_id]` has columns `tokens` and `column`; `sizes[run_id]` is N (the colour)."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7.5, 4.6))
+        distinct = sorted(set(sizes.values()))
+        cmap = plt.get_cmap("viridis")
+        colour = {n: cmap(i / max(1, len(distinct) - 1) * 0.9) for i, n in enumerate(distinct)}
+        labelled: set[float] = set()
+        for run_id, df in sorted(curves.items(), key=lambda kv: (sizes[kv[0]], kv[0])):
+            df = df[np.isfinite(pd.to_numeric(df[column], errors="coerce"))]
+            if df.empty:
+                continue
+            n = sizes[run_id]
+            ax.plot(df["tokens"], df[column], color=colour[n], lw=1.4, alpha=0.85,
+                    label=f"N = {_human(n)}" if n not in labelled else None)
+            ax.plot(df["tokens"].iloc[-1], df[column].iloc[-1], "o", color=colour[n], ms=4)
+            labelled.add(n)
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel(column.replace("_", " ") + " (nats/unit)")
+        ax.set_title(title)
+        ax.legend(title="model size", loc="upper right")
+        return _save(fig, Path(path))

@@ -105,8 +105,9 @@ def _empty_split(units_dir, name: str, n_utts: int, val_fraction: float, test_fr
 
 
 def check_splits(units_dir: str | Path, val_fraction: float, test_fraction: float) -> dict[str, int]:
-    """Utterances per split, from the utt_id column alone (cheap: no units are read). Raises the same error as
-    `load_unit_streams` for an empty split, so a sweep can refuse a dataset before launching any trial."""
+    """Utterances per split (counting non-empty utterances, as `load_unit_streams` does), one shard in memory at a
+    time and without packing anything. Raises the same error as `load_unit_streams` for an empty split, so a
+    sweep can refuse a dataset before launching any trial."""
     paths = shard_paths(units_dir)
     if not paths:
         raise SlmscaleError(f"{units_dir}: no shard-*.parquet files — the unit dataset is empty")

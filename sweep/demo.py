@@ -121,7 +121,7 @@ def build_demo_report(results: Path, out_dir: Path, *, units_dir: Path, sweep_di
     """The demo's report: data statistics and training curves, then everything `slmscale report` writes
     (trial table, fit with CIs, isoFLOPs, N_opt/D_opt vs compute next to the paper's presets, downstream
     laws, provenance)."""
-    from analysis.curves import plot_training_curves
+    from analysis.plots import plot_training_curves
     from analysis.optimal import compute_optimal
     from analysis.report import Report, build_report
     from analysis.schema import read_results

@@ -78,6 +78,9 @@ def test_synthesize_manifest_encode_end_to_end(ray_local, tmp_path, tok):
     assert shard_meta[b"slmscale.tokenizer_hash"].decode() == tok.hash
     assert shard_meta[b"slmscale.code_version"].decode().startswith("slmscale")
     assert pq.read_table(out / "rejects.parquet").num_rows == 0
+    # CPU-only actors: Ray Data fused decoding into the actor operator, so no waveform crossed the object store
+    ops = meta.extra["resources"]["operators"]
+    assert any("decode_batch" in op and "UnitActor" in op for op in ops), ops
 
     # a rerun finds everything done and rewrites no shard; a different setting is refused, nothing lost
     stamps = {p.name: p.stat().st_mtime_ns for p in shard_paths(out)}
@@ -118,6 +121,30 @@ def test_unit_actor_without_dedup_keeps_every_frame(tok):
     assert raw[1]["reason"] == "silent" and raw[1]["units"] is None and raw[1]["source"] is None
     deduped = UnitActor(tok.spec, dedup=True)(batch).to_pylist()[0]
     assert deduped["units"] == reference_units(tok, wav) and sum(deduped["durations"]) == len(frames)
+
+
+def test_decode_batch_bounds_memory_and_keeps_every_row(tmp_path):
+    """The decode stage alone (no Ray): output batches hold at most max_samples of audio (or one chunk),
+    equal-length waveforms stay one object each, and a bad file becomes its one reject row in place."""
+    from tokenization.pipeline import decode_batch
+
+    wav = speech16k(SENTENCES[2])
+    sf.write(tmp_path / "a.wav", wav, 16000)
+    sf.write(tmp_path / "long.wav", np.tile(wav, 4), 16000)  # chunked into 4 chunks below
+    (tmp_path / "bad.wav").write_bytes(b"not audio at all" * 20)
+    paths = [tmp_path / n for n in ("a.wav", "bad.wav", "a.wav", "long.wav")]
+    batch = {"row": np.arange(4), "shard": np.zeros(4, np.int64), "utt_id": np.array(["u0", "u1", "u2", "u3"]),
+             "source": np.array(["s"] * 4), "sha256": np.array(["h"] * 4), "path": np.array([str(p) for p in paths])}
+    chunk_s = len(wav) / 16000  # long.wav is exactly 4 chunks
+    outs = list(decode_batch(batch, chunk_s=chunk_s, min_samples=400, max_samples=2 * len(wav)))
+    assert all(sum(len(w) for w in o["wav"]) <= 2 * len(wav) for o in outs)
+    rows = [{k: o[k][i] for k in o} for o in outs for i in range(len(o["row"]))]
+    assert [(int(r["row"]), int(r["chunk"]), int(r["n_chunks"])) for r in rows] == [
+        (0, 0, 1), (1, 0, 1), (2, 0, 1), (3, 0, 4), (3, 1, 4), (3, 2, 4), (3, 3, 4)]
+    assert rows[1]["reason"] == "not_audio" and len(rows[1]["wav"]) == 0
+    assert all(o["wav"].dtype == object and o["wav"].ndim == 1 for o in outs)
+    np.testing.assert_array_equal(rows[2]["wav"], rows[0]["wav"])
+    np.testing.assert_allclose(np.concatenate([r["wav"] for r in rows[3:]]), np.tile(wav, 4), atol=1e-4)
 
 
 def _bad_corpus(root: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:

@@ -1,10 +1,12 @@
-"""The two Ray Data stages of `encode`: decoding (stateless tasks) and unit assignment (an actor pool).
+"""The two Ray Data stages of `encode`: decoding (a stateless map) and unit assignment (an actor pool).
 
-    manifest rows --flat_map(decode_row) [tasks]--> 16 kHz chunks --map_batches(UnitActor) [actors]--> unit rows
+    manifest rows --map_batches(decode_batch)--> 16 kHz chunks --map_batches(UnitActor) [actors]--> unit rows
 
-`decode_row` turns one manifest row into one row per chunk (or one reject row). `UnitActor` loads the
-tokenizer once in its constructor (the HuBERT weights stay on the actor's GPU), and turns a batch of chunks
-into unit rows. A failure on one chunk becomes that chunk's reject, never the batch's.
+`decode_row` turns one manifest row into one row per chunk (or one reject row); `decode_batch` does it for a
+block of manifest rows and yields the chunks a few at a time, so a 2-hour file never sits in memory whole.
+`UnitActor` loads the tokenizer once in its constructor (the HuBERT weights stay on the actor's GPU), and
+turns a batch of chunks into unit rows. A failure on one chunk becomes that chunk's reject, never the batch's.
+Whether decoding runs as separate tasks or inside the actors is `encode`'s choice (see `_resources` there).
 Both stages pass the bookkeeping columns `row, shard, chunk, n_chunks` through so the driver can tell when a
 shard is complete.
 """
@@ -15,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["decode_row", "UnitActor", "RESULT_SCHEMA"]
+__all__ = ["decode_row", "decode_batch", "UnitActor", "RESULT_SCHEMA"]
 
 _PASS = ("row", "shard", "utt_id", "source", "sha256")
 
@@ -55,24 +57,56 @@ def decode_row(row: dict[str, Any], chunk_s: float, min_samples: int) -> Iterato
                "detail": f"{type(exc).__name__}: {exc}"}
 
 
+_CHUNK_COLUMNS = (*_PASS, "path", "chunk", "n_chunks", "wav", "reason", "detail")
+
+
+def decode_batch(batch: dict[str, np.ndarray], chunk_s: float, min_samples: int,
+                 max_samples: int = 16_000 * 600) -> Iterator[dict[str, np.ndarray]]:
+    """`decode_row` over a batch of manifest rows, yielding column batches of decoded chunks (column `wav`: a 1-D
+    object array of float32 waveforms) each holding at most `max_samples` samples (or a single chunk)."""
+    rows: list[dict[str, Any]] = []
+    held = 0
+    for i in range(len(batch["row"])):
+        row = {k: (batch[k][i] if k in batch else None) for k in (*_PASS, "path")}
+        for chunk in decode_row(row, chunk_s=chunk_s, min_samples=min_samples):
+            if rows and held + len(chunk["wav"]) > max_samples:
+                yield _columns(rows)
+                rows, held = [], 0
+            rows.append(chunk)
+            held += len(chunk["wav"])
+    if rows:
+        yield _columns(rows)
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    cols = {k: np.array([r[k] for r in rows]) for k in _CHUNK_COLUMNS if k != "wav"}
+    wav = np.empty(len(rows), dtype=object)
+    for i, r in enumerate(rows):  # element by element: equal-length waveforms must not become one 2-D array
+        wav[i] = r["wav"]
+    cols["wav"] = wav
+    return cols
+
+
 class UnitActor:
     """Holds one tokenizer for its lifetime; `__call__` maps a batch of decoded chunks to unit rows."""
 
     def __init__(self, spec, dedup: bool = True, threads: int | None = None):
         from .tokenizer import UnitTokenizer
 
-        if threads:
-            if spec.kind == "hubert":  # mfcc is numpy only: importing torch would cost seconds per actor
-                import torch
+        if threads and spec.kind == "hubert":  # mfcc is numpy only: importing torch would cost seconds per actor
+            import torch
 
-                torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
+        self.tokenizer = UnitTokenizer(spec)
+        if threads:
+            # After the tokenizer is built: threadpoolctl only limits BLAS libraries already loaded, and numpy's
+            # and scipy's OpenBLAS load with the extractor and codebook.
             try:
                 from threadpoolctl import threadpool_limits
 
                 threadpool_limits(threads)
-            except ImportError:  # optional: numpy BLAS then uses its default thread count
+            except ImportError:  # optional: BLAS then uses its default thread count (Ray sets OMP_NUM_THREADS)
                 pass
-        self.tokenizer = UnitTokenizer(spec)
         self.dedup = dedup
         self.frame_rate = self.tokenizer.frame_rate_hz
 

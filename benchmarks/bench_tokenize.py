@@ -1,15 +1,20 @@
 """Tokenization throughput: the Ray Data pipeline vs a plain per-file loop, side by side in one run.
 
-    python benchmarks/bench_tokenize.py [--files 1200] [--seconds 12]
+    python benchmarks/bench_tokenize.py [--files 1200,2400,4800] [--seconds 12]
 
 Builds a corpus of synthetic spoken stories (espeak-ng, no download; 48 distinct recordings hard-linked to the
-corpus size), then encodes the same manifest with
-`--tokenizer mfcc` twice per corpus size: once with a plain loop in one process (decode -> features -> k-means ->
-dedup -> one Parquet file), once with `tokenization.encode.encode` (Ray Data: decode tasks + tokenizer actor
-pool, atomic shards). Each variant runs in a fresh subprocess so that timings and peak memory do not leak
-between them. Peak memory is the largest summed RSS of the variant's process tree (driver + Ray workers),
-sampled every 0.1 s, and of the driver alone; Ray gets a fixed 512 MiB object store. Printed: wall time, audio real-time factor, speed ratio (goal >= 1.5x on 2 CPUs), and
-peak memory at N and 2N files (goal: flat in corpus size, because the pipeline streams).
+corpus size), then encodes the same manifest with `--tokenizer mfcc` twice per corpus size: once with a plain
+loop in one process (decode -> features -> k-means -> dedup -> one Parquet file written 64 rows at a time; single-threaded BLAS, its
+faster setting), once with `tokenization.encode.encode` (Ray Data: decode + tokenizer actor pool, atomic
+shards). Each variant runs in a fresh subprocess so that timings and peak memory do not leak between them.
+`ray.init` is not timed; everything after it is, including Ray Data's one-per-cluster helper actors and the
+actor pool's start-up. Peak memory is the largest summed RSS of the variant's process tree (driver + Ray
+workers), sampled every 0.1 s, and of the driver alone; Ray gets a fixed 512 MiB object store.
+
+Printed: wall time, audio real-time factor and speed ratio per size (goal >= 1.5x on 2 CPUs); a straight-line
+fit of the Ray Data wall times, wall = fixed start-up + per-file cost x files, beside the loop's cost per file
+(the ratio grows with corpus size because the start-up is paid once); peak memory at the smallest and largest
+corpus (goal: flat in corpus size, because the pipeline streams).
 
 With CUDA present it also measures the HuBERT-base real-time factor on the GPU (random-init base config,
 bf16, layer 11, 500 centroids; the goal on one H100 is >= 3,000x) through the same extractor code path.
@@ -92,24 +97,37 @@ def run_loop(manifest: str, out: str) -> dict:
     from tokenization.schema import UNIT_SHARD_SCHEMA
     from tokenization.tokenizer import MIN_SAMPLES, load_tokenizer
 
+    from threadpoolctl import threadpool_limits
+
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         tok = load_tokenizer("mfcc")
-        rows = []
-        for r in read_manifest(manifest).to_pylist():
-            try:
-                for c in decode_chunks(r["path"], min_samples=MIN_SAMPLES):
-                    frames = tok.frame_units([c.wav])[0]
-                    units, durs = collapse_runs(frames)
-                    rows.append({"utt_id": r["utt_id"], "units": units, "durations": durs, "n_frames": len(frames),
-                                 "n_units": len(units), "duration_s": len(c.wav) / 16000, "source": r["source"],
-                                 "sha256": r["sha256"]})
-            except AudioReject:
-                pass
-        pq.write_table(pa.Table.from_pylist(rows, schema=UNIT_SHARD_SCHEMA), Path(out) / "units.parquet")
+        # One BLAS thread, the loop's faster setting (Ray gives its actors OMP_NUM_THREADS=1 likewise): with the
+        # default two, OpenBLAS threads spinning on these small matrices cost the 2-CPU machine ~12 % of the loop's
+        # speed. Set after the tokenizer loads numpy's and scipy's OpenBLAS, the only libraries threadpoolctl sees.
+        threadpool_limits(1)
+        rows, n_rows, audio_s = [], 0, 0.0
+        # Rows go to disk 64 at a time (one row group each), like the pipeline's 64-file shards: the loop's memory
+        # and speed then do not depend on how many rows came before.
+        with pq.ParquetWriter(Path(out) / "units.parquet", UNIT_SHARD_SCHEMA) as writer:
+            for r in read_manifest(manifest).to_pylist():
+                try:
+                    for c in decode_chunks(r["path"], min_samples=MIN_SAMPLES):
+                        frames = tok.frame_units([c.wav])[0]
+                        units, durs = collapse_runs(frames)
+                        rows.append({"utt_id": r["utt_id"], "units": units, "durations": durs,
+                                     "n_frames": len(frames), "n_units": len(units), "duration_s": len(c.wav) / 16000,
+                                     "source": r["source"], "sha256": r["sha256"]})
+                except AudioReject:
+                    pass
+                if len(rows) >= 64:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=UNIT_SHARD_SCHEMA))
+                    n_rows, audio_s, rows = n_rows + len(rows), audio_s + sum(x["duration_s"] for x in rows), []
+            if rows:
+                writer.write_table(pa.Table.from_pylist(rows, schema=UNIT_SHARD_SCHEMA))
+                n_rows, audio_s = n_rows + len(rows), audio_s + sum(x["duration_s"] for x in rows)
         wall = time.perf_counter() - t0
-    return {"wall_s": wall, "peak_mib": mem.peak, "driver_peak_mib": mem.peak_self,
-            "audio_s": sum(r["duration_s"] for r in rows), "rows": len(rows)}
+    return {"wall_s": wall, "peak_mib": mem.peak, "driver_peak_mib": mem.peak_self, "audio_s": audio_s, "rows": n_rows}
 
 
 def run_ray(manifest: str, out: str) -> dict:
@@ -204,9 +222,19 @@ def bench_gpu_hubert(minutes: float = 10.0) -> None:
               f"dtype {tok.extractor.dtype}, peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
+def _line_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares wall = fixed + per_file * n over (n, wall) points: (fixed s, per-file s)."""
+    import numpy as np
+
+    n, wall = np.array(points, dtype=float).T
+    per_file, fixed = np.polyfit(n, wall, 1)
+    return float(fixed), float(per_file)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--files", type=int, default=1200, help="files in the smaller corpus (the larger has 2x)")
+    parser.add_argument("--files", default="1200,2400,4800",
+                        help="comma-separated corpus sizes (files); memory is compared between the smallest and largest")
     parser.add_argument("--seconds", type=float, default=12.0, help="length of each file")
     parser.add_argument("--run", choices=["loop", "ray"], help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
@@ -216,11 +244,14 @@ def main() -> None:
     if args.run:
         print(json.dumps((run_loop if args.run == "loop" else run_ray)(args.manifest, args.out)))
         return
+    sizes = sorted({int(x) for x in str(args.files).split(",") if x.strip()})
+    if not sizes or sizes[0] < 1:
+        parser.error(f"--files: expected comma-separated positive integers, got {args.files!r}")
     print(f"machine: {os.cpu_count()} CPU(s); load average {os.getloadavg()[0]:.1f} at start")
     if not args.skip_cpu:
         with tempfile.TemporaryDirectory() as tmp:
             results = {}
-            for n in (args.files, 2 * args.files):
+            for n in sizes:
                 t0 = time.perf_counter()
                 manifest = make_corpus(Path(tmp) / f"c{n}", n, args.seconds)
                 print(f"corpus of {n} x {args.seconds:.0f} s files built in {time.perf_counter() - t0:.1f} s")
@@ -231,14 +262,20 @@ def main() -> None:
                     print(f"  {variant:4s} {n:5d} files: {r['wall_s']:7.2f} s wall, {r['audio_s'] / r['wall_s']:6.0f}x "
                           f"real time, peak memory {r['peak_mib']:6.0f} MiB (driver {r['driver_peak_mib']:4.0f} MiB)"
                           f"{extra}")
-            for n in (args.files, 2 * args.files):
+            for n in sizes:
                 ratio = results[("loop", n)]["wall_s"] / results[("ray", n)]["wall_s"]
                 print(f"speed ratio Ray Data / plain loop at {n} files: {ratio:.2f}x (goal >= 1.5x on 2 CPUs)")
+            if len(sizes) > 1:
+                fixed, per_file = _line_fit([(n, results[("ray", n)]["wall_s"]) for n in sizes])
+                loop_ms = [results[("loop", n)]["wall_s"] / n * 1e3 for n in sizes]
+                print(f"Ray Data wall ~ {fixed:.1f} s fixed start-up + {per_file * 1e3:.2f} ms/file (straight-line fit "
+                      f"over the sizes); plain loop {min(loop_ms):.2f}-{max(loop_ms):.2f} ms/file")
+            lo, hi = sizes[0], sizes[-1]
             for variant in ("loop", "ray"):
                 for key, what in (("peak_mib", "process tree"), ("driver_peak_mib", "driver")):
-                    a, b = results[(variant, args.files)][key], results[(variant, 2 * args.files)][key]
-                    print(f"peak memory {variant} ({what}): {a:.0f} MiB at {args.files} files, {b:.0f} MiB at "
-                          f"{2 * args.files} files (x{b / a:.2f} for 2x the corpus)")
+                    a, b = results[(variant, lo)][key], results[(variant, hi)][key]
+                    print(f"peak memory {variant} ({what}): {a:.0f} MiB at {lo} files, {b:.0f} MiB at "
+                          f"{hi} files (x{b / a:.2f} for {hi / lo:g}x the corpus)")
     bench_gpu_hubert()
 
 

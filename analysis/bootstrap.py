@@ -7,6 +7,7 @@ optima of the full-grid fit (its basins), not from the whole grid.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +20,19 @@ from .io import SlmscaleError
 from .optimal import closed_form_optimal
 from .params import ScalingParams
 
-__all__ = ["BootstrapResult", "bootstrap_fit", "PARAM_KEYS"]
+__all__ = ["BootstrapResult", "bootstrap_fit", "percentile_band", "PARAM_KEYS"]
 
 PARAM_KEYS = ("E", "A", "B", "alpha", "beta")
+
+
+def percentile_band(values: np.ndarray, level: float, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Central `level` percentile interval of `values`, ignoring NaN replicates (a replicate without an optimum).
+    Where every replicate is NaN the interval is NaN, which is the answer, not a warning."""
+    tail = (1.0 - level) / 2.0 * 100.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        lo, hi = np.nanpercentile(values, [tail, 100.0 - tail], axis=axis)
+    return lo, hi
 
 
 @dataclass
@@ -35,8 +46,7 @@ class BootstrapResult:
         return np.array([getattr(p, key) for p in self.params], dtype=float)
 
     def interval(self, values: np.ndarray) -> list[float]:
-        tail = (1.0 - self.level) / 2.0 * 100.0
-        lo, hi = np.nanpercentile(values, [tail, 100.0 - tail])
+        lo, hi = percentile_band(values, self.level)
         return [float(lo), float(hi)]
 
     def ci(self) -> dict[str, list[float]]:

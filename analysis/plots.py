@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
+from .bootstrap import percentile_band  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .optimal import closed_form_optimal  # noqa: E402
 from .params import ScalingParams  # noqa: E402
@@ -146,9 +147,7 @@ def plot_optimal_vs_compute(params: ScalingParams, path: Path, compute_range=(1e
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
         for ax, values, name, col in ((axes[0], n_opt, "N_opt (parameters)", 0), (axes[1], d_opt, "D_opt (tokens)", 1)):
             if bootstrap is not None:
-                samples = bootstrap.optimal_samples(compute)[col]
-                tail = (1 - level) / 2 * 100
-                lo, hi = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
+                lo, hi = percentile_band(bootstrap.optimal_samples(compute)[col], level, axis=0)
                 ax.fill_between(compute, lo, hi, color="black", alpha=0.15, lw=0, label=f"{level:.0%} bootstrap CI")
             if params.has_optimum:
                 ax.plot(compute, values, color="black", lw=2.2, label=label)

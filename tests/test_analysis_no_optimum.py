@@ -26,6 +26,7 @@ def test_no_optimum_is_nan_in_the_closed_form_and_an_error_for_a_query():
     assert np.isfinite(closed_form_optimal(1e20, good)).all()
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no optimum is an answer, not a numpy warning
 def test_report_of_a_degenerate_study_is_written_with_the_reason(tmp_path, capsys):
     df = synthetic_results(FLAT_IN_N, sizes=(1e5, 3e5, 1e6), ratios=(0.05, 0.15, 0.4), noise=0.002,
                            metrics={"sblimp_macro": (0.9, -0.01), "tsc": (0.2, 0.02)})  # sBLIMP falls with compute

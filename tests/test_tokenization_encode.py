@@ -53,7 +53,26 @@ def test_synthesize_manifest_encode_end_to_end(ray_local, tmp_path, tok):
     synthesize([(f"utt{i}", s) for i, s in enumerate(SENTENCES)], audio, progress=False)
     manifest = build_manifest(audio, tmp_path / "manifest.parquet", progress=False)
     out = tmp_path / "units"
-    meta = encode(manifest, "mfcc", out, rows_per_shard=2, window_rows=4, progress=False)  # 2 Ray Data runs
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    before = (ctx.enable_progress_bars, ctx.print_on_execution_start)
+    executor_log = logging.getLogger("ray.data._internal.execution.streaming_executor")
+    seen_levels = []
+
+    def record(rec):
+        seen_levels.append(rec.levelno)
+        return True
+
+    executor_log.addFilter(record)
+    try:
+        meta = encode(manifest, "mfcc", out, rows_per_shard=2, window_rows=4, progress=False)  # 2 Ray Data runs
+    finally:
+        executor_log.removeFilter(record)
+    # Ray Data's INFO chatter is silenced during encode (we show our own bar) and its settings are restored
+    assert logging.INFO not in seen_levels and (ctx.enable_progress_bars, ctx.print_on_execution_start) == before
 
     assert [p.name for p in shard_paths(out)] == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
     table = read_units_table(out)

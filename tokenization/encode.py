@@ -173,7 +173,7 @@ def _run_pipeline(manifest: pa.Table, pending: dict[int, list[int]], spec: Token
     import ray
 
     from .pipeline import UnitActor, decode_batch
-    from .ray_utils import ensure_ray
+    from .ray_utils import ensure_ray, quiet_ray_data
 
     ensure_ray()
     actors, cpa, gpa, batch = _resources(spec, cfg)
@@ -188,10 +188,7 @@ def _run_pipeline(manifest: pa.Table, pending: dict[int, list[int]], spec: Token
     blocks = [table.slice(i, per_block) for i in range(0, len(rows), per_block)]
     actors = min(actors, len(blocks))  # an actor with no block to work on would only cost its start-up
 
-    ctx = ray.data.DataContext.get_current()
-    saved_bars = ctx.enable_progress_bars
-    ctx.enable_progress_bars = False  # our own tqdm below counts files, which is what users care about
-    try:
+    with quiet_ray_data():  # our own tqdm below counts files, which is what users care about
         ds = ray.data.from_arrow(blocks)
         # Same resources as the actors on CPU (gpa == 0): Ray Data fuses this map into the actor operator.
         ds = ds.map_batches(decode_batch, fn_kwargs={"chunk_s": cfg.chunk_s, "min_samples": MIN_SAMPLES},
@@ -210,8 +207,6 @@ def _run_pipeline(manifest: pa.Table, pending: dict[int, list[int]], spec: Token
         for out in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
             for r in out.to_pylist():
                 bar.update(collector.add(r))
-    finally:
-        ctx.enable_progress_bars = saved_bars
     return {"actors": actors, "cpus_per_actor": round(cpa, 3), "gpus_per_actor": gpa, "batch_size": batch,
             "operators": _operator_names(ds)}
 

@@ -1,6 +1,7 @@
 """`encode` on Ray Data: end to end from synthesised speech, every bad input of issue 3, resume after a kill."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -282,6 +283,32 @@ def test_interrupted_encode_resumes_without_redoing_shards(ray_local, tmp_path, 
         wav, _ = sf.read(audio / f"{row['utt_id']}.wav", dtype="float32")
         assert row["units"] == reference_units(tok, wav)
     assert not list(out.glob(".*.parquet*"))  # no temp file left behind by the killed writer
+
+
+def test_gpu_actor_layout_decodes_in_separate_tasks(ray_local, tmp_path):
+    """The layout `encode` picks beside GPU actors, on a separate local Ray that declares one (logical) GPU: decode
+    runs in its own CPU tasks, not fused into the actors, and the units equal those of the fused CPU layout."""
+    audio = tmp_path / "audio"
+    texts = [(f"g{i}", f"{SENTENCES[i % 5]} Item {i}.") for i in range(6)]
+    manifest = synthesize(texts, audio, voices=["en"], rates=[170], progress=False)
+    cpu_meta = encode(manifest, "mfcc", tmp_path / "cpu", rows_per_shard=3, progress=False)
+    script = (
+        "import json, sys, ray\n"
+        "ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, logging_level='ERROR')\n"
+        "from tokenization.encode import encode\n"
+        f"meta = encode({str(manifest)!r}, 'mfcc', {str(tmp_path / 'gpu')!r}, rows_per_shard=3, gpus_per_actor=1,"
+        " progress=False)\n"
+        "print(json.dumps(meta.extra['resources']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resources = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert resources["gpus_per_actor"] == 1 and resources["actors"] == 1
+    assert resources["operators"][-2:] == ["MapBatches(decode_batch)", "MapBatches(UnitActor)"], resources
+    assert cpu_meta.extra["resources"]["operators"][-1] == "MapBatches(decode_batch)->MapBatches(UnitActor)"
+    assert read_units_table(tmp_path / "gpu").to_pylist() == read_units_table(tmp_path / "cpu").to_pylist()
 
 
 def test_encode_input_errors(ray_local, tmp_path):

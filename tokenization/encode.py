@@ -213,8 +213,12 @@ def _run_pipeline(manifest: pa.Table, pending: dict[int, list[int]], spec: Token
 
 def _operator_names(ds) -> list[str]:
     """The physical operators Ray Data ran (fused maps read "A->B"): recorded in meta.json, for the record."""
+    def walk(summary) -> list[str]:  # upstream operators sit in the summary's parents
+        return [n for parent in summary.parents for n in walk(parent)] + [
+            op.operator_name for op in summary.operators_stats]
+
     try:
-        return [op.operator_name for op in ds.get_stats_summary().operators_stats]
+        return walk(ds.get_stats_summary())
     except Exception:  # a stats API that moved must not fail a finished encode
         return []
 

@@ -98,9 +98,8 @@ def test_synthesize_manifest_encode_end_to_end(ray_local, tmp_path, tok):
     assert shard_meta[b"slmscale.tokenizer_hash"].decode() == tok.hash
     assert shard_meta[b"slmscale.code_version"].decode().startswith("slmscale")
     assert pq.read_table(out / "rejects.parquet").num_rows == 0
-    # CPU-only actors: Ray Data fused decoding into the actor operator, so no waveform crossed the object store
-    ops = meta.extra["resources"]["operators"]
-    assert any("decode_batch" in op and "UnitActor" in op for op in ops), ops
+    # CPU-only actors decode their own rows: no decode operator, so no waveform crossed the object store
+    assert meta.extra["resources"]["operators"] == ["FromArrow", "MapBatches(UnitActor)"]
 
     # a rerun finds everything done and rewrites no shard; a different setting is refused, nothing lost
     stamps = {p.name: p.stat().st_mtime_ns for p in shard_paths(out)}
@@ -165,6 +164,32 @@ def test_decode_batch_bounds_memory_and_keeps_every_row(tmp_path):
     assert all(o["wav"].dtype == object and o["wav"].ndim == 1 for o in outs)
     np.testing.assert_array_equal(rows[2]["wav"], rows[0]["wav"])
     np.testing.assert_allclose(np.concatenate([r["wav"] for r in rows[3:]]), np.tile(wav, 4), atol=1e-4)
+
+
+def test_unit_actor_decoding_its_own_rows_matches_the_two_stage_layout(tmp_path, tok):
+    """UnitActor(decode=...) on manifest rows (the CPU layout) gives the rows of decode_batch -> UnitActor (the GPU
+    layout), tokenizing at most batch_size chunks at a time; a bad file is its one reject row."""
+    from tokenization.pipeline import UnitActor, decode_batch
+
+    wav = speech16k(SENTENCES[4])
+    sf.write(tmp_path / "a.wav", wav, 16000)
+    sf.write(tmp_path / "long.wav", np.tile(wav, 3), 16000)
+    (tmp_path / "bad.wav").write_bytes(b"")
+    names = ["a.wav", "long.wav", "bad.wav"]
+    batch = {"row": np.arange(3), "shard": np.zeros(3, np.int64), "utt_id": np.array(["a", "l", "b"]),
+             "source": np.array(["s"] * 3), "sha256": np.array(["h"] * 3),
+             "path": np.array([str(tmp_path / n) for n in names])}
+    decode = {"chunk_s": len(wav) / 16000, "min_samples": 400}
+    actor = UnitActor(tok.spec, decode={**decode, "batch_size": 2})
+    calls = []
+    frame_units = actor.tokenizer.frame_units
+    actor.tokenizer.frame_units = lambda wavs: calls.append(len(wavs)) or frame_units(wavs)
+    fused = actor(batch).to_pylist()
+    staged = [r for chunks in decode_batch(batch, **decode) for r in UnitActor(tok.spec)(chunks).to_pylist()]
+    assert fused == staged and len(fused) == 5  # a, long x 3 chunks, bad
+    assert max(calls) <= 2 and sum(calls) == 4
+    assert fused[-1]["reason"] == "empty"
+    assert fused[0]["units"] == reference_units(tok, sf.read(tmp_path / "a.wav", dtype="float32")[0])
 
 
 def _bad_corpus(root: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
@@ -287,7 +312,7 @@ def test_interrupted_encode_resumes_without_redoing_shards(ray_local, tmp_path, 
 
 def test_gpu_actor_layout_decodes_in_separate_tasks(ray_local, tmp_path):
     """The layout `encode` picks beside GPU actors, on a separate local Ray that declares one (logical) GPU: decode
-    runs in its own CPU tasks, not fused into the actors, and the units equal those of the fused CPU layout."""
+    runs in its own CPU tasks, and the units equal those of the CPU layout, where the actors decode."""
     audio = tmp_path / "audio"
     texts = [(f"g{i}", f"{SENTENCES[i % 5]} Item {i}.") for i in range(6)]
     manifest = synthesize(texts, audio, voices=["en"], rates=[170], progress=False)
@@ -307,7 +332,7 @@ def test_gpu_actor_layout_decodes_in_separate_tasks(ray_local, tmp_path):
     resources = json.loads(proc.stdout.strip().splitlines()[-1])
     assert resources["gpus_per_actor"] == 1 and resources["actors"] == 1
     assert resources["operators"][-2:] == ["MapBatches(decode_batch)", "MapBatches(UnitActor)"], resources
-    assert cpu_meta.extra["resources"]["operators"][-1] == "MapBatches(decode_batch)->MapBatches(UnitActor)"
+    assert cpu_meta.extra["resources"]["operators"] == ["FromArrow", "MapBatches(UnitActor)"]
     assert read_units_table(tmp_path / "gpu").to_pylist() == read_units_table(tmp_path / "cpu").to_pylist()
 
 

@@ -85,8 +85,7 @@ def _resources(spec: TokenizerSpec, cfg: EncodeConfig) -> tuple[int, float, floa
 
     With GPU actors, decoding runs in separate CPU tasks (cfg.decode_cpus each) so that it overlaps GPU work. With
     CPU-only actors, each actor decodes its own block of manifest rows (`UnitActor(decode=...)`): the same CPUs
-    would do both anyway, and the waveforms never cross the object store or Ray Data's block conversion (on a
-    2-CPU machine that is the difference between 1.0x and 1.5x the speed of a plain loop; docs/tokenization.md)."""
+    would do both anyway, and the waveforms never cross the object store or Ray Data's block conversion."""
     import ray
 
     res = ray.cluster_resources()

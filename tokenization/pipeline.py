@@ -1,12 +1,13 @@
 """The two Ray Data stages of `encode`: decoding (a stateless map) and unit assignment (an actor pool).
 
-    manifest rows --map_batches(decode_batch)--> 16 kHz chunks --map_batches(UnitActor) [actors]--> unit rows
+    GPU actors:  manifest rows --map_batches(decode_batch) [CPU tasks]--> 16 kHz chunks --UnitActor [actors]--> units
+    CPU actors:  manifest rows --UnitActor(decode=...) [actors: decode_batch inside]--> unit rows
 
 `decode_row` turns one manifest row into one row per chunk (or one reject row); `decode_batch` does it for a
 block of manifest rows and yields the chunks a few at a time, so a 2-hour file never sits in memory whole.
 `UnitActor` loads the tokenizer once in its constructor (the HuBERT weights stay on the actor's GPU), and
 turns a batch of chunks into unit rows. A failure on one chunk becomes that chunk's reject, never the batch's.
-Whether decoding runs as separate tasks or inside the actors is `encode`'s choice (see `_resources` there).
+Which layout runs is `encode`'s choice (see `_resources` there).
 Both stages pass the bookkeeping columns `row, shard, chunk, n_chunks` through so the driver can tell when a
 shard is complete.
 """

@@ -1,12 +1,12 @@
 """`encode(manifest, tokenizer, out_dir)`: audio manifest -> unit dataset (contract §2), on Ray Data.
 
 Manifest rows are split into shards of `rows_per_shard` consecutive rows; shard i is `shard-0000i.parquet`.
-The pipeline (tokenization/pipeline.py) streams every pending row through a decode map and a tokenizer actor
-pool (fused into one actor operator on CPU-only clusters, separate CPU tasks beside GPU actors); the driver
-collects the small unit rows per shard and writes a shard (atomically, rows in manifest order) as soon as all
-of its files are accounted for. A shard file on disk means "done": a rerun after a crash or Ctrl-C skips it, so
-no shard is redone and no row is written twice. Each shard's rejects are written to `.rejects/` before the
-shard itself and merged into `rejects.parquet` at the end, with `meta.json`.
+The pipeline (tokenization/pipeline.py) streams every pending row through decoding and a tokenizer actor pool
+(on CPU-only clusters the actors decode their own rows; beside GPU actors, separate CPU tasks decode); the
+driver collects the small unit rows per shard and writes a shard (atomically, rows in manifest order) as soon
+as all of its files are accounted for. A shard file on disk means "done": a rerun after a crash or Ctrl-C skips
+it, so no shard is redone and no row is written twice. Each shard's rejects are written to `.rejects/` before
+the shard itself and merged into `rejects.parquet` at the end, with `meta.json`.
 `encode.json` pins what the directory is being built from (manifest checksum, tokenizer hash, sharding,
 chunking, dedup); resuming with anything different is refused instead of mixing two datasets.
 """

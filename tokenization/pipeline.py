@@ -113,7 +113,8 @@ class UnitActor:
 
     With `decode={"chunk_s": ..., "min_samples": ..., "batch_size": ...}` the actor takes manifest rows instead
     and decodes them itself (`decode_batch`), tokenizing `batch_size` chunks at a time: the layout `encode`
-    uses on CPU-only clusters, where the waveforms then never leave the process that decodes them."""
+    uses on CPU-only clusters, where the waveforms then never leave the process that decodes them.
+    The constructor applies `keep_freed_memory()` to its process (an actor's own Ray worker in `encode`)."""
 
     def __init__(self, spec, dedup: bool = True, threads: int | None = None, decode: dict | None = None):
         from .tokenizer import UnitTokenizer

@@ -184,25 +184,21 @@ def _inside_ray_worker() -> bool:
 
 def encode_in_process(manifest_rows: list[dict[str, Any]], out_dir: Path, *, tokenizer: str, layer: int | None = None,
                       kmeans: str | None = None, dedup: bool = True, batch_size: int = 16) -> Path:
-    """Encode a (small) benchmark in this process with the stages of tokenization's Ray Data pipeline
-    (`decode_row`, `UnitActor`), writing a regular unit dataset. Used inside Ray workers only."""
+    """Encode a (small) benchmark in this process with tokenization's pipeline stage (`UnitActor` decoding its
+    own rows, as on a CPU-only cluster), writing a regular unit dataset. Used inside Ray workers only."""
     import numpy as np
     import pyarrow as pa
 
-    from tokenization.pipeline import UnitActor, decode_row
+    from tokenization.pipeline import UnitActor
     from tokenization.schema import REJECTS_SCHEMA, UNIT_SHARD_SCHEMA, UnitsMeta, write_meta, write_shard
     from tokenization.tokenizer import MIN_SAMPLES, parse_tokenizer
 
-    actor = UnitActor(parse_tokenizer(tokenizer, layer=layer, kmeans=kmeans), dedup=dedup)
-    chunks = [c for i, r in enumerate(manifest_rows)
-              for c in decode_row({**r, "row": i, "shard": 0}, chunk_s=3600.0, min_samples=MIN_SAMPLES)]
-    results: list[dict] = []
-    for start in range(0, len(chunks), batch_size):
-        part = chunks[start:start + batch_size]
-        batch = {k: np.array([c[k] for c in part], dtype=object) for k in part[0] if k != "wav"}
-        batch["wav"] = np.empty(len(part), dtype=object)
-        batch["wav"][:] = [c["wav"] for c in part]
-        results += actor(batch).to_pylist()
+    actor = UnitActor(parse_tokenizer(tokenizer, layer=layer, kmeans=kmeans), dedup=dedup,
+                      decode={"chunk_s": 3600.0, "min_samples": MIN_SAMPLES, "batch_size": batch_size})
+    rows = {"row": np.arange(len(manifest_rows)), "shard": np.zeros(len(manifest_rows), np.int64)}
+    rows.update({k: np.array([r.get(k) for r in manifest_rows], dtype=object)
+                 for k in ("utt_id", "source", "sha256", "path")})
+    results = actor(rows).to_pylist()
     ok = [r for r in results if not r["reason"]]
     rejects = [{"source": r["path"], "reason": r["reason"], "detail": f"utt_id={r['utt_id']}: {r['detail']}"}
                for r in results if r["reason"]]

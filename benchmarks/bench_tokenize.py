@@ -121,14 +121,14 @@ def run_loop(manifest: str, out: str) -> dict:
                         rows.append({"utt_id": r["utt_id"], "units": units, "durations": durs,
                                      "n_frames": len(frames), "n_units": len(units), "duration_s": len(c.wav) / 16000,
                                      "source": r["source"], "sha256": r["sha256"]})
+                        n_rows, audio_s = n_rows + 1, audio_s + len(c.wav) / 16000
                 except AudioReject:
                     pass
                 if len(rows) >= 64:
                     writer.write_table(pa.Table.from_pylist(rows, schema=UNIT_SHARD_SCHEMA))
-                    n_rows, audio_s, rows = n_rows + len(rows), audio_s + sum(x["duration_s"] for x in rows), []
+                    rows = []
             if rows:
                 writer.write_table(pa.Table.from_pylist(rows, schema=UNIT_SHARD_SCHEMA))
-                n_rows, audio_s = n_rows + len(rows), audio_s + sum(x["duration_s"] for x in rows)
         wall = time.perf_counter() - t0
     return {"wall_s": wall, "peak_mib": mem.peak, "driver_peak_mib": mem.peak_self, "audio_s": audio_s, "rows": n_rows}
 

@@ -16,8 +16,12 @@ fit of the Ray Data wall times, wall = fixed start-up + per-file cost x files, b
 (the ratio grows with corpus size because the start-up is paid once); peak memory at the smallest and largest
 corpus (goal: flat in corpus size, because the pipeline streams).
 
-With CUDA present it also measures the HuBERT-base real-time factor on the GPU (random-init base config,
-bf16, layer 11, 500 centroids; the goal on one H100 is >= 3,000x) through the same extractor code path.
+With CUDA present it also measures the HuBERT-base real-time factor on the GPU (random-init base config, so the
+same FLOPs as the real one; bf16, layer 11, 500 centroids; the goal on one H100 is >= 3,000x): first the extractor
++ k-means in process on 60 s chunks (the GPU's ceiling), then the whole `encode` pipeline on Ray Data (CPU decode
+tasks feeding one GPU actor, shards written) from WAV files at two corpus sizes, with a fixed + per-file fit.
+
+    python benchmarks/bench_tokenize.py --skip-cpu [--gpu-minutes 60] [--gpu-files 100,400] [--gpu-seconds 60]
 """
 from __future__ import annotations
 
@@ -133,7 +137,8 @@ def run_loop(manifest: str, out: str) -> dict:
     return {"wall_s": wall, "peak_mib": mem.peak, "driver_peak_mib": mem.peak_self, "audio_s": audio_s, "rows": n_rows}
 
 
-def run_ray(manifest: str, out: str) -> dict:
+def run_ray(manifest: str, out: str, tokenizer: str = "mfcc", kmeans: str | None = None,
+            layer: int | None = None) -> dict:
     import ray
     import ray.data  # noqa: F401  (imported before the clock starts, like the loop's modules)
 
@@ -141,16 +146,19 @@ def run_ray(manifest: str, out: str) -> dict:
 
     t_init = time.perf_counter()
     # A fixed object store (Ray's default is 30% of RAM) so that the memory bound is the same at every corpus size:
-    # shared-memory pages of the store that a process has touched count in its RSS.
-    ray.init(num_cpus=os.cpu_count(), object_store_memory=512 * 2**20, include_dashboard=False,
+    # shared-memory pages of the store that a process has touched count in its RSS. GPU runs move decoded
+    # waveforms (3.8 MB per minute of audio) through the store to the GPU actors: they get more room.
+    store = (4096 if tokenizer.startswith("hubert") else 512) * 2**20
+    ray.init(num_cpus=os.cpu_count(), object_store_memory=store, include_dashboard=False,
              log_to_driver=False, logging_level="ERROR")
     init_s = time.perf_counter() - t_init
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        meta = encode(manifest, "mfcc", out, rows_per_shard=64, progress=False)
+        meta = encode(manifest, tokenizer, out, kmeans=kmeans, layer=layer, rows_per_shard=64, progress=False)
         wall = time.perf_counter() - t0
     return {"wall_s": wall, "ray_init_s": init_s, "peak_mib": mem.peak, "driver_peak_mib": mem.peak_self,
-            "audio_s": meta.counts["hours"] * 3600, "rows": meta.counts["utterances"]}
+            "audio_s": meta.counts["hours"] * 3600, "rows": meta.counts["utterances"],
+            "resources": meta.extra.get("resources", {})}
 
 
 def make_corpus(root: Path, n_files: int, seconds: float, distinct: int = 48) -> Path:
@@ -187,42 +195,85 @@ def make_corpus(root: Path, n_files: int, seconds: float, distinct: int = 48) ->
     return build_manifest(audio, root / "manifest.parquet", progress=False)
 
 
-def _subprocess(variant: str, manifest: Path, out: Path) -> dict:
+def _subprocess(variant: str, manifest: Path, out: Path, *extra: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, __file__, "--run", variant, "--manifest", str(manifest), "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"})
+    proc = subprocess.run([sys.executable, __file__, "--run", variant, "--manifest", str(manifest), "--out", str(out),
+                           *extra], capture_output=True, text=True, cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode != 0:
         raise SystemExit(f"{variant} run failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_gpu_hubert(minutes: float = 10.0) -> None:
+def save_base_hubert(root: Path) -> tuple[str, str]:
+    """A HuBERT-base-shaped checkpoint with random weights (the same FLOPs as facebook/hubert-base-ls960) and a
+    random 500-centroid codebook for its layer 11, saved like the real ones: (model dir, codebook path)."""
     import numpy as np
-    import torch
     from transformers import HubertConfig, HubertModel
 
     from tokenization.kmeans import Codebook
+
+    model_dir, km = root / "hubert-base", root / "kmeans500"
+    root.mkdir(parents=True, exist_ok=True)
+    HubertModel(HubertConfig()).save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    Codebook(rng.normal(size=(500, 768)).astype(np.float32), features={"kind": "hubert", "layer": 11}).save(km)
+    return str(model_dir), str(km)
+
+
+def bench_gpu_hubert(root: Path, minutes: float, compile: bool = False) -> float:
+    """Real-time factor of the extractor + k-means on the GPU, in process (no Ray): the GPU's own ceiling.
+    Chunks go in 32 at a time, as the pipeline's GPU actors receive them."""
+    import numpy as np
+    import torch
+
     from tokenization.tokenizer import TokenizerSpec, UnitTokenizer
 
-    if not torch.cuda.is_available():
-        print("GPU HuBERT real-time factor: skipped (no CUDA device)")
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        HubertModel(HubertConfig()).save_pretrained(tmp)  # HuBERT-base shape, random weights: same FLOPs
-        rng = np.random.default_rng(0)
-        Codebook(rng.normal(size=(500, 768)).astype(np.float32), features={"kind": "hubert", "layer": 11}).save(Path(tmp) / "kmeans")
-        tok = UnitTokenizer(TokenizerSpec(kind="hubert", model_dir=tmp, layer=11, kmeans=str(Path(tmp) / "kmeans")))
-        chunks = [rng.normal(scale=0.1, size=16000 * 60).astype(np.float32) for _ in range(int(minutes))]
-        tok.frame_units(chunks[:2])  # warm-up: cuDNN autotune, torch.compile
-        torch.cuda.synchronize()
+    model_dir, km = save_base_hubert(root)
+    tok = UnitTokenizer(TokenizerSpec(kind="hubert", model_dir=model_dir, layer=11, kmeans=km))
+    if compile:
+        tok.extractor._forward = torch.compile(tok.extractor.model, dynamic=True)
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(scale=0.1, size=16000 * 60).astype(np.float32) for _ in range(int(minutes))]
+    t0 = time.perf_counter()
+    tok.frame_units(chunks[:32])  # warm-up: CUDA context, cuDNN algorithm choice (and compilation if asked)
+    torch.cuda.synchronize()
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(0, len(chunks), 32):
+        tok.frame_units(chunks[i: i + 32])
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    rtf = len(chunks) * 60 / wall
+    print(f"GPU HuBERT-base layer 11 + k-means(500) on {torch.cuda.get_device_name()}, in process: {len(chunks)} min "
+          f"of audio in {wall:.2f} s -> real-time factor {rtf:,.0f}x (goal >= 3,000x on one H100); dtype "
+          f"{tok.extractor.dtype}, {'compiled' if compile else 'eager'}, "
+          f"{tok.extractor.max_batch_samples() // 16000} s of audio per forward, first batch {warm:.1f} s, "
+          f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
+    return rtf
+
+
+def bench_gpu_pipeline(root: Path, sizes: list[int], seconds: float) -> None:
+    """The same extractor inside `tokenization.encode` (Ray Data: CPU decode tasks -> one GPU actor -> shards),
+    from WAV files on disk, at two corpus sizes; the straight-line fit separates the start-up (Ray Data, the actor,
+    model load) from the per-file cost, whose inverse is the pipeline's steady-state real-time factor."""
+    model_dir, km = save_base_hubert(root)
+    walls = []
+    for n in sizes:
         t0 = time.perf_counter()
-        for i in range(0, len(chunks), 4):
-            tok.frame_units(chunks[i: i + 4])
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
-        print(f"GPU HuBERT-base layer 11 + k-means(500) on {torch.cuda.get_device_name()}: {minutes:.0f} min of audio "
-              f"in {wall:.2f} s -> real-time factor {minutes * 60 / wall:,.0f}x (goal >= 3,000x on one H100); "
-              f"dtype {tok.extractor.dtype}, peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        manifest = make_corpus(root / f"g{n}", n, seconds, distinct=8)
+        built = time.perf_counter() - t0
+        r = _subprocess("ray", manifest, root / f"out-gpu-{n}", "--tokenizer", f"hubert:{model_dir}", "--kmeans", km,
+                        "--layer", "11")
+        walls.append((n, r["wall_s"]))
+        res = r["resources"]
+        print(f"  Ray Data + GPU actor, {n:4d} x {seconds:.0f} s files (corpus built in {built:.0f} s): "
+              f"{r['wall_s']:6.1f} s wall, {r['audio_s'] / r['wall_s']:6.0f}x real time incl. start-up; "
+              f"{res.get('actors')} actor(s) x {res.get('gpus_per_actor')} GPU, batch {res.get('batch_size')}, "
+              f"operators {res.get('operators')}; peak memory {r['peak_mib']:.0f} MiB", flush=True)
+    if len(walls) > 1:
+        fixed, per_file = _line_fit(walls)
+        print(f"Ray Data + GPU: {fixed:.1f} s fixed (Ray Data start, actor start, model load) + {per_file * 1e3:.1f} ms per "
+              f"{seconds:.0f} s file -> steady-state real-time factor {seconds / per_file:,.0f}x")
 
 
 def _line_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -242,10 +293,23 @@ def main() -> None:
     parser.add_argument("--run", choices=["loop", "ray"], help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--skip-cpu", action="store_true", help="only the GPU measurement")
+    parser.add_argument("--tokenizer", default="mfcc", help=argparse.SUPPRESS)
+    parser.add_argument("--kmeans", help=argparse.SUPPRESS)
+    parser.add_argument("--layer", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-cpu", action="store_true", help="only the GPU measurements")
+    parser.add_argument("--gpu-minutes", type=int, default=60,
+                        help="minutes of audio for the in-process GPU real-time factor (default 60)")
+    parser.add_argument("--gpu-files", default="100,400",
+                        help="corpus sizes (files of --gpu-seconds) for the Ray Data GPU run; '' skips it")
+    parser.add_argument("--gpu-seconds", type=float, default=60.0, help="length of each file of the GPU corpus")
+    parser.add_argument("--hubert-compile", action="store_true",
+                        help="also time the in-process extractor under torch.compile (slower on torch 2.11 / H200)")
     args = parser.parse_args()
-    if args.run:
-        print(json.dumps((run_loop if args.run == "loop" else run_ray)(args.manifest, args.out)))
+    if args.run == "loop":
+        print(json.dumps(run_loop(args.manifest, args.out)))
+        return
+    if args.run == "ray":
+        print(json.dumps(run_ray(args.manifest, args.out, args.tokenizer, args.kmeans, args.layer)))
         return
     sizes = sorted({int(x) for x in str(args.files).split(",") if x.strip()})
     if not sizes or sizes[0] < 1:
@@ -279,7 +343,18 @@ def main() -> None:
                     a, b = results[(variant, lo)][key], results[(variant, hi)][key]
                     print(f"peak memory {variant} ({what}): {a:.0f} MiB at {lo} files, {b:.0f} MiB at "
                           f"{hi} files (x{b / a:.2f} for {hi / lo:g}x the corpus)")
-    bench_gpu_hubert()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("GPU HuBERT real-time factor: skipped (no CUDA device)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_gpu_hubert(Path(tmp) / "inproc", args.gpu_minutes)
+        if args.hubert_compile:
+            bench_gpu_hubert(Path(tmp) / "inproc-compiled", args.gpu_minutes, compile=True)
+        gpu_sizes = sorted({int(x) for x in str(args.gpu_files).split(",") if x.strip()})
+        if gpu_sizes:
+            bench_gpu_pipeline(Path(tmp) / "ray", gpu_sizes, args.gpu_seconds)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def test_layer_features_match_the_full_model(tiny_hubert, wav):
         np.testing.assert_allclose(feats, ref, atol=1e-5)
     ex = HubertExtractor(path, layer=2, device="cpu")
     assert len(ex.model.encoder.layers) == 2  # layers above L are not run
-    assert ex.frame_rate_hz == 50.0 and ex.dtype == torch.float32
+    assert ex.frame_rate_hz == 50.0 and ex.dtype == torch.float32 and ex._forward is ex.model
+    assert ex.max_batch_samples() == 16000 * 240  # 4 minutes of audio per forward on CPU
     assert ex.model.config._attn_implementation == "sdpa"
     # equal lengths are batched in one forward; the result is the same as one by one
     batch = ex.batch([wav, wav[:8000], wav])
@@ -130,12 +131,16 @@ def test_fit_kmeans_and_encode_with_hubert_on_ray(ray_local, tiny_hubert, tmp_pa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_path_is_chosen_automatically_and_agrees_with_cpu(tiny_hubert, wav, tmp_path):
     path, _ = tiny_hubert
-    gpu = HubertExtractor(path, layer=2)  # no device given: CUDA, half precision, SDPA, torch.compile
-    assert gpu.device == "cuda" and gpu.dtype in (torch.bfloat16, torch.float16)
+    gpu = HubertExtractor(path, layer=2)  # no device given: CUDA, half precision, SDPA, eager
+    assert gpu.device == "cuda" and gpu.dtype in (torch.bfloat16, torch.float16) and gpu._forward is gpu.model
+    assert 16000 * 240 <= gpu.max_batch_samples() <= 16000 * 960
     cpu = HubertExtractor(path, layer=2, device="cpu")
     a, b = gpu(wav), cpu(wav)
     assert a.shape == b.shape
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99  # half precision: close, not identical
+    compiled = HubertExtractor(path, layer=2, compile=True)  # opt-in
+    assert compiled._forward is not compiled.model
+    assert np.corrcoef(compiled(wav).ravel(), a.ravel())[0, 1] > 0.99
     from tokenization.kmeans import fit_kmeans
 
     fit_kmeans(b, 8, cpu.describe(), seed=0).save(tmp_path / "km8")

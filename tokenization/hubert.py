@@ -4,10 +4,13 @@ Any directory `HubertModel.from_pretrained` reads works (config.json + safetenso
 downloaded TWIST mHuBERT-25Hz or facebook/hubert-base-ls960); nothing is fetched from the network. The 25 Hz
 and 50 Hz variants differ only in the config's conv strides, from which the frame rate is derived.
 
-On a GPU the model runs in bf16 (fp16 where bf16 is unsupported) with PyTorch SDPA attention and, by default,
-torch.compile; equal-length chunks are stacked into one forward (no padding, so group-norm statistics are
-exactly those of each chunk alone). Layers above L are dropped before the first forward: they cost compute and
-never affect layer L's output.
+On a GPU the model runs in bf16 (fp16 where bf16 is unsupported) with PyTorch SDPA attention, eagerly:
+torch.compile is opt-in (`compile=True`) because it made HuBERT-base slower, not faster (H200, torch 2.11,
+4 x 60 s per forward: eager 7,200x real time, compiled 2,700x with static and 1,650x with dynamic shapes, plus
+20-70 s of compilation per process; the time goes to cuDNN's convolutions either way). Equal-length chunks are
+stacked into one forward (no padding, so group-norm statistics are exactly those of each chunk alone), up to
+an amount of audio sized to the GPU's memory (16 x 60 s chunks ran at 9,700x there). Layers above L are dropped
+before the first forward: they cost compute and never affect layer L's output.
 """
 from __future__ import annotations
 
@@ -97,8 +100,6 @@ class HubertExtractor:
         # cast explicitly as well: transformers 4.x ignores `dtype=` (it was `torch_dtype=` there)
         self.model = model.eval().to(device=self.device, dtype=self.dtype)
         self._forward = self.model
-        if compile is None:
-            compile = self.device.startswith("cuda")
         if compile:
             self._forward = torch.compile(self.model, dynamic=True)
         self.frame_rate_hz = 16000.0 / float(np.prod(config.conv_stride))
@@ -125,10 +126,22 @@ class HubertExtractor:
                 out = self.model(x.to(self.dtype), output_hidden_states=True)
             return out.hidden_states[self.layer]
 
-    def batch_tensors(self, wavs: list[np.ndarray], max_batch_samples: int = 16000 * 240) -> list:
+    def max_batch_samples(self) -> int:
+        """Samples per forward: 4 minutes of audio on CPU; on a GPU 12 s per GiB of its memory (a forward in bf16
+        peaks near 13 MB per second of audio, mostly the first conv layer's output), between 4 and 16 minutes."""
+        import torch
+
+        if not self.device.startswith("cuda"):
+            return 16000 * 240
+        total_gib = torch.cuda.get_device_properties(torch.device(self.device)).total_memory / 2**30
+        return int(16000 * min(960.0, max(240.0, 12.0 * total_gib)))
+
+    def batch_tensors(self, wavs: list[np.ndarray], max_batch_samples: int | None = None) -> list:
         """Features of each waveform as a [T, D] tensor on the model's device. Equal-length waveforms share a forward."""
         import torch
 
+        if max_batch_samples is None:
+            max_batch_samples = self.max_batch_samples()
         out: list = [None] * len(wavs)
         by_len: dict[int, list[int]] = {}
         for i, w in enumerate(wavs):

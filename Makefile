@@ -11,12 +11,13 @@ STAMP  := $(VENV)/.slmscale-installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: install test test-all demo bench clean help
+.PHONY: install test test-all demo bench bench-gpu clean help
 
 help:
 	@echo "make demo      run the whole pipeline end to end on the embedded default (writes demo_out/)"
 	@echo "make test      run the test suite (fast + default layers; 'make test-all' adds slow tests)"
 	@echo "make bench     run the benchmarks in benchmarks/ (prints side-by-side ratios)"
+	@echo "make bench-gpu on a CUDA machine: the CUDA tests, then HuBERT real-time factor and training MFU"
 	@echo "make install   create $(VENV) and install slmscale with its dev extras"
 
 $(STAMP): pyproject.toml
@@ -39,6 +40,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# GPU checks only (what `make bench` adds on CUDA, without the CPU comparisons); install your CUDA torch first
+# (TORCH_SPEC=...).
+bench-gpu: $(STAMP)
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: torch sees no CUDA device')"
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+	$(PY) benchmarks/bench_tokenize.py --skip-cpu --gpu-minutes 240
+	$(PY) benchmarks/bench_train.py --skip-cpu
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,6 +1,6 @@
 """Tokenization throughput: the Ray Data pipeline vs a plain per-file loop, side by side in one run.
 
-    python benchmarks/bench_tokenize.py [--files 1200,2400,4800,9600] [--seconds 12]
+    python benchmarks/bench_tokenize.py [--files 2400,4800,9600,19200] [--seconds 12]
 
 Builds a corpus of synthetic spoken stories (espeak-ng, no download; 48 distinct recordings hard-linked to the
 corpus size), then encodes the same manifest with `--tokenizer mfcc` twice per corpus size: once with a plain
@@ -287,7 +287,7 @@ def _line_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--files", default="1200,2400,4800,9600",
+    parser.add_argument("--files", default="2400,4800,9600,19200",
                         help="comma-separated corpus sizes (files); memory is compared between the smallest and largest")
     parser.add_argument("--seconds", type=float, default=12.0, help="length of each file")
     parser.add_argument("--run", choices=["loop", "ray"], help=argparse.SUPPRESS)

@@ -56,7 +56,7 @@ class HubertExtractor:
     kind = "hubert"
 
     def __init__(self, model_dir: str | Path, layer: int | None = None, device: str | None = None,
-                 dtype: str | None = None, compile: bool | None = None):
+                 dtype: str | None = None, compile: bool = False):
         import torch
         from transformers import HubertConfig, HubertModel
 
@@ -127,8 +127,9 @@ class HubertExtractor:
             return out.hidden_states[self.layer]
 
     def max_batch_samples(self) -> int:
-        """Samples per forward: 4 minutes of audio on CPU; on a GPU 12 s per GiB of its memory (a forward in bf16
-        peaks near 13 MB per second of audio, mostly the first conv layer's output), between 4 and 16 minutes."""
+        """Samples per forward: 4 minutes of audio on CPU; on a GPU 12 s per GiB of its memory, between 4 and 16
+        minutes (HuBERT-base in bf16 peaked at 9.1 GiB for 16 minutes, ~10 MB per second of audio, mostly the
+        first conv layer's output: 12 s per GiB leaves the rest of the card to the codebook and other work)."""
         import torch
 
         if not self.device.startswith("cuda"):

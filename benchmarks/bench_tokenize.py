@@ -22,6 +22,7 @@ same FLOPs as the real one; bf16, layer 11, 500 centroids; the goal on one H100 
 tasks feeding one GPU actor, shards written) from WAV files at two corpus sizes, with a fixed + per-file fit.
 
     python benchmarks/bench_tokenize.py --skip-cpu [--gpu-minutes 60] [--gpu-files 100,400] [--gpu-seconds 60]
+                                        [--hubert-compile]
 """
 from __future__ import annotations
 
@@ -228,10 +229,12 @@ def bench_gpu_hubert(root: Path, minutes: float, compile: bool = False) -> float
 
     from tokenization.tokenizer import TokenizerSpec, UnitTokenizer
 
+    from tokenization.hubert import HubertExtractor
+
     model_dir, km = save_base_hubert(root)
     tok = UnitTokenizer(TokenizerSpec(kind="hubert", model_dir=model_dir, layer=11, kmeans=km))
-    if compile:
-        tok.extractor._forward = torch.compile(tok.extractor.model, dynamic=True)
+    if compile:  # the extractor's own opt-in (the tokenizer spec has no switch for it)
+        tok.extractor = HubertExtractor(model_dir, layer=11, compile=True)
     rng = np.random.default_rng(0)
     chunks = [rng.normal(scale=0.1, size=16000 * 60).astype(np.float32) for _ in range(int(minutes))]
     t0 = time.perf_counter()
@@ -276,6 +279,11 @@ def bench_gpu_pipeline(root: Path, sizes: list[int], seconds: float) -> None:
               f"{seconds:.0f} s file -> steady-state real-time factor {seconds / per_file:,.0f}x")
 
 
+def _sizes(text: str) -> list[int]:
+    """'2400, 4800' -> [2400, 4800] (sorted, unique; empty items ignored)."""
+    return sorted({int(x) for x in str(text).split(",") if x.strip()})
+
+
 def _line_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     """Least-squares wall = fixed + per_file * n over (n, wall) points: (fixed s, per-file s)."""
     import numpy as np
@@ -311,7 +319,7 @@ def main() -> None:
     if args.run == "ray":
         print(json.dumps(run_ray(args.manifest, args.out, args.tokenizer, args.kmeans, args.layer)))
         return
-    sizes = sorted({int(x) for x in str(args.files).split(",") if x.strip()})
+    sizes = _sizes(args.files)
     if not sizes or sizes[0] < 1:
         parser.error(f"--files: expected comma-separated positive integers, got {args.files!r}")
     print(f"machine: {os.cpu_count()} CPU(s); load average {os.getloadavg()[0]:.1f} at start")
@@ -352,7 +360,7 @@ def main() -> None:
         bench_gpu_hubert(Path(tmp) / "inproc", args.gpu_minutes)
         if args.hubert_compile:
             bench_gpu_hubert(Path(tmp) / "inproc-compiled", args.gpu_minutes, compile=True)
-        gpu_sizes = sorted({int(x) for x in str(args.gpu_files).split(",") if x.strip()})
+        gpu_sizes = _sizes(args.gpu_files)
         if gpu_sizes:
             bench_gpu_pipeline(Path(tmp) / "ray", gpu_sizes, args.gpu_seconds)
 

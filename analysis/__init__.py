@@ -4,6 +4,6 @@ plots and reports. Imports none of the other stages (no Ray, no audio): `pip ins
 
 def demo_report(out_dir, **kwargs):
     """The analysis stage's `make demo` (see analysis/demo.py)."""
-    from .demo import demo_report as _demo
+    from slmscale.analysis.demo import demo_report as _demo
 
     return _demo(out_dir, **kwargs)

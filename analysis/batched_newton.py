@@ -19,8 +19,8 @@ differentiable residual function works.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -130,8 +130,8 @@ def minimize_batched(
 
     # disable=None lets tqdm hide itself off a terminal (and honour TQDM_DISABLE).
     bar = tqdm(total=n_starts, desc=desc, unit="start", disable=True if desc is None else None, leave=False)
-    iteration = 0
-    for iteration in range(1, max_iter + 1):
+    iterations = 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count after the loop is the result)
         idx = active.nonzero().squeeze(1)
         bar.update(n_starts - idx.numel() - bar.n)
         if idx.numel() == 0:
@@ -170,4 +170,4 @@ def minimize_batched(
         converged[idx] = done
         active[idx] = ~done
     bar.close()
-    return BatchedResult(theta=theta, value=f_now, converged=converged, iterations=iteration)
+    return BatchedResult(theta=theta, value=f_now, converged=converged, iterations=iterations)

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .batched_newton import cpu_threads, minimize_batched
-from .fit import FitData, FitResult, make_residuals, theta_to_params
-from .io import SlmscaleError
-from .optimal import closed_form_optimal
-from .params import ScalingParams
+from slmscale.analysis.batched_newton import cpu_threads, minimize_batched
+from slmscale.analysis.fit import FitData, FitResult, make_residuals, theta_to_params
+from slmscale.analysis.optimal import closed_form_optimal
+from slmscale.analysis.params import ScalingParams
+from slmscale.errors import SlmscaleError
 
 __all__ = ["BootstrapResult", "bootstrap_fit", "percentile_band", "PARAM_KEYS"]
 

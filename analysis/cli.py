@@ -21,7 +21,7 @@ def _add_columns(p: argparse.ArgumentParser) -> None:
 
 
 def _read(args, require_loss: bool = True):
-    from .schema import ColumnMap, read_results
+    from slmscale.analysis.schema import ColumnMap, read_results
 
     return read_results(args.results, ColumnMap(args.n_col, args.d_col, args.loss_col, args.flops_col), require_loss)
 
@@ -40,15 +40,15 @@ def _emit_json(obj: dict) -> None:
 
 
 def _fit_config(args):
-    from .fit import FitConfig
+    from slmscale.analysis.fit import FitConfig
 
     return FitConfig(form=args.form, delta=args.delta, exclude_highest_loss=args.exclude_highest_loss,
                      grid=args.grid, device=args.device).validate()
 
 
 def cmd_fit(args) -> int:
-    from .bootstrap import bootstrap_fit
-    from .fit import fit_scaling_law
+    from slmscale.analysis.bootstrap import bootstrap_fit
+    from slmscale.analysis.fit import fit_scaling_law
 
     df = _read(args)
     config = _fit_config(args)
@@ -63,7 +63,7 @@ def cmd_fit(args) -> int:
     if args.plot_dir:
         from pathlib import Path
 
-        from .plots import plot_isoflops, plot_loss_vs_tokens, plot_optimal_vs_compute
+        from slmscale.analysis.plots import plot_isoflops, plot_loss_vs_tokens, plot_optimal_vs_compute
 
         d = Path(args.plot_dir)
         used = df[~df["run_id"].astype(str).isin(fit.excluded_run_ids)]
@@ -89,8 +89,8 @@ def cmd_fit(args) -> int:
 
 
 def cmd_optimal(args) -> int:
-    from .optimal import compute_optimal
-    from .params import load_params, preset
+    from slmscale.analysis.optimal import compute_optimal
+    from slmscale.analysis.params import load_params, preset
 
     params = preset(args.preset) if args.preset else load_params(args.params)
     alloc = compute_optimal(args.compute, params, args.unique_tokens)
@@ -104,7 +104,7 @@ def cmd_optimal(args) -> int:
 
 
 def cmd_downstream(args) -> int:
-    from .downstream import downstream_analysis
+    from slmscale.analysis.downstream import downstream_analysis
 
     df = _read(args, require_loss=True)
     out = downstream_analysis(df, args.metric, args.versus, args.ci, args.compute_factor, source=str(args.results))
@@ -116,8 +116,8 @@ def cmd_downstream(args) -> int:
     if args.plot_dir:
         from pathlib import Path
 
-        from .downstream import GAMMA_TABLE4, fit_power_law, metric_family, metric_rows
-        from .plots import plot_downstream
+        from slmscale.analysis.downstream import GAMMA_TABLE4, fit_power_law, metric_family, metric_rows
+        from slmscale.analysis.plots import plot_downstream
 
         rows = metric_rows(df, args.metric, str(args.results))
         law = fit_power_law(rows["flops"], rows[args.metric], args.ci)
@@ -130,7 +130,7 @@ def cmd_downstream(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    from slmscale.analysis.report import build_report
 
     df = _read(args)
     summary = build_report(df, args.out, results_path=args.results, fit_config=_fit_config(args),

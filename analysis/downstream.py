@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .io import SlmscaleError, read_json
+from slmscale.errors import SlmscaleError
+from slmscale.io import read_json
 
 __all__ = ["PowerLawFit", "LinearFit", "GAMMA_TABLE4", "metric_family", "fit_power_law", "fit_linear",
            "compute_multiplier", "reference_gamma", "downstream_analysis"]

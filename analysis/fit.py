@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .batched_newton import cpu_threads, minimize_batched
-from .io import SlmscaleError, code_version
-from .params import ScalingParams
+from slmscale.analysis.batched_newton import cpu_threads, minimize_batched
+from slmscale.analysis.params import ScalingParams
+from slmscale.errors import SlmscaleError
+from slmscale.io import code_version
 
 __all__ = ["FitConfig", "FitData", "FitResult", "fit_scaling_law", "epoch_grid", "FORMS"]
 
@@ -68,7 +69,7 @@ class FitConfig:
     device: str = "auto"  # "auto" = CUDA when available, else CPU
     cpu_threads: int | None = 1  # torch threads during a CPU fit (see batched_newton.cpu_threads); None = default
 
-    def validate(self) -> "FitConfig":
+    def validate(self) -> FitConfig:
         if self.form not in FORMS:
             raise SlmscaleError(f"--form: expected one of {list(FORMS)}, got '{self.form}'")
         if not (math.isfinite(self.delta) and self.delta > 0):
@@ -113,7 +114,7 @@ class FitData:
     excluded_run_ids: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_frame(cls, df: pd.DataFrame, exclude_highest_loss: int = 0, source: str = "results") -> "FitData":
+    def from_frame(cls, df: pd.DataFrame, exclude_highest_loss: int = 0, source: str = "results") -> FitData:
         for col in ("n_params", "tokens", "loss"):
             if col not in df.columns:
                 raise SlmscaleError(f"{source}: missing column '{col}'")

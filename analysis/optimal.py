@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from .io import SlmscaleError
-from .params import ScalingParams
+from slmscale.analysis.params import ScalingParams
+from slmscale.errors import SlmscaleError
 
 __all__ = ["Allocation", "closed_form_optimal", "compute_optimal"]
 

@@ -11,7 +11,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .io import SlmscaleError, read_json
+from slmscale.errors import SlmscaleError
+from slmscale.io import read_json
 
 __all__ = ["ScalingParams", "PRESETS", "preset", "load_params", "params_from_dict"]
 
@@ -33,7 +34,7 @@ class ScalingParams:
     def data_constrained(self) -> bool:
         return self.R_D_star is not None
 
-    def validate(self, where: str = "params") -> "ScalingParams":
+    def validate(self, where: str = "params") -> ScalingParams:
         for key in REQUIRED_KEYS + ("R_N_star", "R_D_star"):
             value = getattr(self, key)
             if value is None and key in ("R_N_star", "R_D_star"):

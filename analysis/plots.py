@@ -8,8 +8,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import matplotlib
 
@@ -19,10 +19,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from .bootstrap import percentile_band  # noqa: E402
-from .io import atomic_path  # noqa: E402
-from .optimal import closed_form_optimal  # noqa: E402
-from .params import ScalingParams  # noqa: E402
+from slmscale.analysis.bootstrap import percentile_band  # noqa: E402
+from slmscale.analysis.optimal import closed_form_optimal  # noqa: E402
+from slmscale.analysis.params import ScalingParams  # noqa: E402
+from slmscale.io import atomic_path  # noqa: E402
 
 __all__ = ["plot_loss_vs_tokens", "plot_isoflops", "plot_optimal_vs_compute", "plot_downstream", "plot_training_curves"]
 

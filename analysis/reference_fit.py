@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from .fit import FitData
+from slmscale.analysis.fit import FitData
 
 __all__ = ["ScipyFit", "scipy_fit_per_start"]
 

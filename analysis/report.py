@@ -10,14 +10,15 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .io import SlmscaleError, atomic_write_text, code_version, sha256_file
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_write_text, code_version, sha256_file
 
 __all__ = ["Report", "Section", "build_report", "fmt"]
 
@@ -45,23 +46,23 @@ class Section:
     title: str
     blocks: list[tuple[str, object]] = field(default_factory=list)
 
-    def text(self, markdown: str) -> "Section":
+    def text(self, markdown: str) -> Section:
         """A paragraph. Inline `code` and **bold** are rendered in HTML too."""
         self.blocks.append(("text", markdown))
         return self
 
-    def table(self, rows: pd.DataFrame | Sequence[dict], columns: Sequence[str] | None = None) -> "Section":
+    def table(self, rows: pd.DataFrame | Sequence[dict], columns: Sequence[str] | None = None) -> Section:
         df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
         if columns is not None:
             df = df[list(columns)]
         self.blocks.append(("table", df))
         return self
 
-    def image(self, path: str | Path, caption: str) -> "Section":
+    def image(self, path: str | Path, caption: str) -> Section:
         self.blocks.append(("image", (Path(path).name, caption)))
         return self
 
-    def code(self, text: str) -> "Section":
+    def code(self, text: str) -> Section:
         self.blocks.append(("code", text))
         return self
 
@@ -162,7 +163,7 @@ def trial_table_section(report: Report, df: pd.DataFrame, metrics: Sequence[str]
 
 
 def fit_section(report: Report, fit, boot=None, figures: Sequence[tuple[Path, str]] = ()) -> None:
-    from .params import PRESETS
+    from slmscale.analysis.params import PRESETS
 
     sec = report.section(f"Parametric fit ({fit.config.form} form)")
     cfg = fit.config
@@ -190,7 +191,7 @@ def fit_section(report: Report, fit, boot=None, figures: Sequence[tuple[Path, st
 
 def optimal_section(report: Report, params, budgets: Sequence[float], boot=None, presets=None,
                     figures: Sequence[tuple[Path, str]] = (), label: str = "fit") -> None:
-    from .optimal import compute_optimal
+    from slmscale.analysis.optimal import compute_optimal
 
     sec = report.section("Compute-optimal allocation")
     sec.text("C = 6·N·D; N_opt and D_opt from the closed form of Hoffmann et al. (Appendix D) for each parameter set.")
@@ -262,12 +263,12 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, *, results_path: str | P
                  metrics: Sequence[str] | None = None, title: str = "Scaling study report",
                  report: Report | None = None, progress: bool = False) -> dict:
     """Fit, bootstrap, plot and write the report for a results table (canonical columns). Returns a summary dict."""
-    from .bootstrap import bootstrap_fit
-    from .downstream import GAMMA_TABLE4, downstream_analysis, metric_family
-    from .fit import FitConfig, fit_scaling_law
-    from .params import PRESETS
-    from .plots import plot_downstream, plot_isoflops, plot_loss_vs_tokens, plot_optimal_vs_compute
-    from .schema import METRIC_COLUMNS
+    from slmscale.analysis.bootstrap import bootstrap_fit
+    from slmscale.analysis.downstream import GAMMA_TABLE4, downstream_analysis, metric_family
+    from slmscale.analysis.fit import FitConfig, fit_scaling_law
+    from slmscale.analysis.params import PRESETS
+    from slmscale.analysis.plots import plot_downstream, plot_isoflops, plot_loss_vs_tokens, plot_optimal_vs_compute
+    from slmscale.analysis.schema import METRIC_COLUMNS
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +298,7 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, *, results_path: str | P
     metric_cols = [m for m in (metrics or METRIC_COLUMNS) if m in df.columns and pd.to_numeric(df[m], errors="coerce").notna().sum() >= 3]
     downstream = []
     if metric_cols:
-        from .downstream import fit_power_law, metric_rows
+        from slmscale.analysis.downstream import fit_power_law, metric_rows
 
         figs = []
         for m in metric_cols:

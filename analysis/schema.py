@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .io import SlmscaleError, atomic_path
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_path
 
 __all__ = [
     "RESULTS_SCHEMA",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .params import ScalingParams
+from slmscale.analysis.params import ScalingParams
 
 __all__ = ["synthetic_results"]
 

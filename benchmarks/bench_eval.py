@@ -8,17 +8,13 @@ The pairs are random unit sequences with sBLIMP-like lengths (25 Hz units, dedup
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models.evaluation.scoring import ScoreConfig, pick_device, sequence_nll  # noqa: E402
-from models.ladder import build_model  # noqa: E402
+from slmscale.models.evaluation.scoring import ScoreConfig, pick_device, sequence_nll  # noqa: E402
+from slmscale.models.ladder import build_model  # noqa: E402
 
 
 def main() -> None:

@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis.fit import FitConfig, FitData, epoch_grid, fit_scaling_law, theta_to_params  # noqa: E402
-from analysis.reference_fit import scipy_fit_per_start  # noqa: E402
-from analysis.schema import ColumnMap, read_results  # noqa: E402
+from slmscale.analysis.fit import FitConfig, FitData, epoch_grid, fit_scaling_law, theta_to_params  # noqa: E402
+from slmscale.analysis.reference_fit import scipy_fit_per_start  # noqa: E402
+from slmscale.analysis.schema import ColumnMap, read_results  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "analysis" / "data" / "chinchilla_epoch_svg_extracted.csv"
 
@@ -47,7 +45,7 @@ def main() -> int:
           f"{len(data)} runs, {len(grid)} starts")
 
     config = FitConfig(exclude_highest_loss=5)
-    from analysis import fit as fit_module
+    from slmscale.analysis import fit as fit_module
 
     # The batched fit uses the same starts as the scipy loop.
     original = fit_module.FitConfig.initial_grid

@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -32,11 +31,11 @@ def main() -> int:
 
     import ray
 
-    from models.synthetic_units import write_pattern_units
-    from models.train import train
-    from sweep.grid import grid_from_dict
-    from sweep.launch import launch
-    from sweep.trainable import train_config_for
+    from slmscale.models.synthetic_units import write_pattern_units
+    from slmscale.models.train import train
+    from slmscale.sweep.grid import grid_from_dict
+    from slmscale.sweep.launch import launch
+    from slmscale.sweep.trainable import train_config_for
 
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         tmp = Path(tmp)

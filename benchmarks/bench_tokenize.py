@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 class PeakMemory:
@@ -95,16 +94,14 @@ def run_loop(manifest: str, out: str) -> dict:
     """The baseline: one process, file after file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from tokenization.audio import AudioReject, decode_chunks
-    from tokenization.dedup import collapse_runs
-    from tokenization.manifest import read_manifest
-    from tokenization.schema import UNIT_SHARD_SCHEMA
-    from tokenization.tokenizer import MIN_SAMPLES, load_tokenizer
-
     from threadpoolctl import threadpool_limits
 
-    from tokenization.pipeline import keep_freed_memory
+    from slmscale.tokenization.audio import AudioReject, decode_chunks
+    from slmscale.tokenization.dedup import collapse_runs
+    from slmscale.tokenization.manifest import read_manifest
+    from slmscale.tokenization.pipeline import keep_freed_memory
+    from slmscale.tokenization.schema import UNIT_SHARD_SCHEMA
+    from slmscale.tokenization.tokenizer import MIN_SAMPLES, load_tokenizer
 
     keep_freed_memory()  # the same malloc settings as the pipeline's actors (40 % less CPU time on MFCC)
     with PeakMemory() as mem:
@@ -143,7 +140,7 @@ def run_ray(manifest: str, out: str, tokenizer: str = "mfcc", kmeans: str | None
     import ray
     import ray.data  # noqa: F401  (imported before the clock starts, like the loop's modules)
 
-    from tokenization.encode import encode
+    from slmscale.tokenization.encode import encode
 
     t_init = time.perf_counter()
     # A fixed object store (Ray's default is 30% of RAM) so that the memory bound is the same at every corpus size:
@@ -169,9 +166,9 @@ def make_corpus(root: Path, n_files: int, seconds: float, distinct: int = 48) ->
     import soundfile as sf
     import soxr
 
-    from tokenization.manifest import build_manifest
-    from tokenization.stories import generate_stories
-    from tokenization.synth import DEFAULT_RATES, DEFAULT_VOICES, tts
+    from slmscale.tokenization.manifest import build_manifest
+    from slmscale.tokenization.stories import generate_stories
+    from slmscale.tokenization.synth import DEFAULT_RATES, DEFAULT_VOICES, tts
 
     sources = root.parent / f"sources-{distinct}x{seconds:g}s"
     if not sources.is_dir():
@@ -211,7 +208,7 @@ def save_base_hubert(root: Path) -> tuple[str, str]:
     import numpy as np
     from transformers import HubertConfig, HubertModel
 
-    from tokenization.kmeans import Codebook
+    from slmscale.tokenization.kmeans import Codebook
 
     model_dir, km = root / "hubert-base", root / "kmeans500"
     root.mkdir(parents=True, exist_ok=True)
@@ -227,9 +224,8 @@ def bench_gpu_hubert(root: Path, minutes: float, compile: bool = False) -> float
     import numpy as np
     import torch
 
-    from tokenization.tokenizer import TokenizerSpec, UnitTokenizer
-
-    from tokenization.hubert import HubertExtractor
+    from slmscale.tokenization.hubert import HubertExtractor
+    from slmscale.tokenization.tokenizer import TokenizerSpec, UnitTokenizer
 
     model_dir, km = save_base_hubert(root)
     tok = UnitTokenizer(TokenizerSpec(kind="hubert", model_dir=model_dir, layer=11, kmeans=km))

@@ -17,12 +17,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 # Ray starts its workers at niceness 15 (RayConfig worker_niceness); on a machine shared with other jobs
@@ -36,9 +34,9 @@ def bare_loop(model_name: str, n_units: int, steps: int, threads: int, device: s
     import torch
     import torch.nn.functional as F
 
-    from models.config import TrainConfig, make_plan
-    from models.data import SequenceSampler, load_unit_streams
-    from models.ladder import build_model
+    from slmscale.models.config import TrainConfig, make_plan
+    from slmscale.models.data import SequenceSampler, load_unit_streams
+    from slmscale.models.ladder import build_model
 
     torch.set_num_threads(threads)
     cfg = TrainConfig(units_dir=str(units_dir), model=model_name, out_dir="-", tokens=1 << 40)
@@ -71,8 +69,8 @@ def bare_loop(model_name: str, n_units: int, steps: int, threads: int, device: s
 
 def library_run(units_dir: Path, out: Path, model_name: str, steps: int, threads: int, **kw) -> tuple[float, float]:
     """Median per-update tokens/s of `train()` (from metrics.jsonl, one report per update) and the wall time."""
-    from models.ladder import get_size
-    from models.train import TrainConfig, train
+    from slmscale.models.ladder import get_size
+    from slmscale.models.train import TrainConfig, train
 
     tpu = get_size(model_name).tokens_per_update
     cfg = TrainConfig(units_dir=str(units_dir), model=model_name, out_dir=str(out), tokens=tpu * steps,
@@ -85,8 +83,8 @@ def library_run(units_dir: Path, out: Path, model_name: str, steps: int, threads
 
 
 def cpu_comparison(args) -> dict:
-    from models.synthetic_units import write_pattern_units
-    from tokenization.ray_utils import ensure_ray
+    from slmscale.models.synthetic_units import write_pattern_units
+    from slmscale.ray_utils import ensure_ray
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     units = write_pattern_units(tmp / "units", n_units=500, n_utterances=2000, min_len=50, max_len=400, seed=0)
@@ -117,9 +115,9 @@ def cpu_comparison(args) -> dict:
 def gpu_mfu(args) -> list[dict]:
     import torch
 
-    from models.ladder import flops_per_token, get_size
-    from models.synthetic_units import write_pattern_units
-    from models.throughput import device_peak_flops, mfu
+    from slmscale.models.ladder import flops_per_token, get_size
+    from slmscale.models.synthetic_units import write_pattern_units
+    from slmscale.models.throughput import device_peak_flops, mfu
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_gpu_"))
     units = write_pattern_units(tmp / "units", n_units=500, n_utterances=4000, min_len=200, max_len=2000, seed=0)
@@ -132,7 +130,7 @@ def gpu_mfu(args) -> list[dict]:
         # a few micro-batches per update: MFU does not depend on tokens/update, only on the micro-batch shape
         tpu = s.micro_batch * s.context * 2
         bare = bare_loop(size, 500, args.gpu_steps, 1, "cuda", True, True, units) if args.bare_gpu else float("nan")
-        from models.train import TrainConfig, train
+        from slmscale.models.train import TrainConfig, train
 
         cfg = TrainConfig(units_dir=str(units), model=size, out_dir=str(tmp / size), tokens=tpu * args.gpu_steps,
                           tokens_per_update=tpu, report_every=5, checkpoint_every=args.gpu_steps, progress=False,

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.io import SlmscaleError, atomic_write_json, read_json
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_write_json, read_json
 
 __all__ = [
     "checkpoint_dir",
@@ -98,7 +99,6 @@ def write_checkpoint(
 ) -> Path:
     """Write one checkpoint atomically (temp dir + rename). Call on one rank only."""
     import torch
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the training bar

@@ -101,7 +101,7 @@ _FIELDS = ("unique_tokens", "tokens_per_update", "micro_batch", "context", "work
 
 
 def _models(args) -> int:
-    from models.ladder import ladder_table
+    from slmscale.models.ladder import ladder_table
 
     rows = ladder_table(args.vocab)
     if args.json:
@@ -117,8 +117,8 @@ def _models(args) -> int:
 
 
 def _train(args) -> int:
-    from analysis.io import SlmscaleError
-    from models.train import TrainConfig, train
+    from slmscale.errors import SlmscaleError
+    from slmscale.models.train import TrainConfig, train
 
     for name in ("units", "model", "tokens", "out", "resume"):
         setattr(args, name, getattr(args, name, None))
@@ -138,8 +138,8 @@ def _train(args) -> int:
             raise SlmscaleError(f"train: missing {', '.join(missing)} (or use --resume RUN_DIR)")
         cfg = TrainConfig(units_dir=args.units, model=args.model, out_dir=args.out, tokens=args.tokens, **overrides)
     if args.plan:
-        from models.config import make_plan
-        from tokenization.schema import read_meta
+        from slmscale.models.config import make_plan
+        from slmscale.tokenization.schema import read_meta
 
         plan = make_plan(cfg.validate(), read_meta(cfg.units_dir).vocab_size)
         print(json.dumps(plan.to_dict(), indent=2))

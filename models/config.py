@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from analysis.io import SlmscaleError
-from models.ladder import count_params, flops_per_token, get_size, lm_vocab_size
+from slmscale.errors import SlmscaleError
+from slmscale.models.ladder import count_params, flops_per_token, get_size, lm_vocab_size
 
 __all__ = ["TrainConfig", "RunPlan", "make_plan", "RESUME_MAY_CHANGE"]
 
@@ -69,7 +69,7 @@ class TrainConfig:
     data_cache: str | None = None  # where packed splits are cached (None: RUN_DIR/data); a sweep may share one
     progress: bool = True  # tqdm progress bar
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         def bad(field: str, expected: str):
             raise SlmscaleError(f"train config: field '{field}' = {getattr(self, field)!r}, expected {expected}")
 
@@ -129,11 +129,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """Names of every field (what a grid's `train:` section may set)."""
+        return frozenset(f.name for f in fields(cls))
+
     def data_cache_dir(self) -> Path:
         return Path(self.data_cache) if self.data_cache else Path(self.out_dir) / "data"
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], where: str = "config.json") -> "TrainConfig":
+    def from_dict(cls, raw: dict[str, Any], where: str = "config.json") -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -144,13 +149,13 @@ class TrainConfig:
             raise SlmscaleError(f"{where}: {exc}") from None
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "TrainConfig":
+    def load(cls, run_dir: str | Path) -> TrainConfig:
         path = Path(run_dir) / "config.json"
         if not path.is_file():
             raise SlmscaleError(f"{run_dir}: no config.json — not a training run directory")
         return cls.from_dict(json.loads(path.read_text()), str(path))
 
-    def differences(self, other: "TrainConfig") -> dict[str, tuple[Any, Any]]:
+    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Fields that differ and would change what the run computes."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in RESUME_MAY_CHANGE and a[k] != b[k]}

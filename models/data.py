@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.io import SlmscaleError
-from tokenization.schema import read_meta, shard_paths
+from slmscale.errors import SlmscaleError
+from slmscale.tokenization.schema import read_meta, shard_paths
 
 __all__ = ["split_of", "UnitStreams", "load_unit_streams", "cached_unit_streams", "SequenceSampler", "eval_sequences"]
 
@@ -215,9 +214,14 @@ class SequenceSampler:
     def unique_tokens(self) -> int:
         return self.n_sequences * self.context
 
-    @lru_cache(maxsize=4)
     def _perm(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n_sequences)
+        # A batch touches one epoch (two at a boundary); keep the last few permutations, per sampler.
+        cache = self.__dict__.setdefault("_perms", {})
+        if epoch not in cache:
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n_sequences)
+        return cache[epoch]
 
     def batch(self, start: int, count: int) -> np.ndarray:
         """Global sequences [start, start + count) as an int64 array [count, context]."""
@@ -254,7 +258,7 @@ def cached_unit_streams(units_dir: str | Path, cache_root: str | Path, val_fract
     shards into its own memory; runs of a sweep can share one cache root. The key (folder name) is a hash of
     the dataset's meta.json hash, the seed and the split fractions. Files are written atomically, and runs
     packing the same key at once write identical bytes."""
-    from analysis.io import atomic_path, atomic_write_json, sha256_bytes
+    from slmscale.io import atomic_path, atomic_write_json, sha256_bytes
 
     key = {"units_meta_hash": units_meta_hash, "seed": seed, "val_fraction": val_fraction,
            "test_fraction": test_fraction, "version": 1}

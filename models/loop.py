@@ -10,18 +10,19 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from analysis.io import atomic_write_json, code_version
-from models import checkpoint as ckpt_io
-from models.config import RunPlan, TrainConfig
-from models.data import SequenceSampler, cached_unit_streams, eval_sequences
-from models.ladder import build_model
-from models.throughput import device_peak_flops, mfu
+from slmscale.io import atomic_write_json, code_version
+from slmscale.models import checkpoint as ckpt_io
+from slmscale.models.config import RunPlan, TrainConfig
+from slmscale.models.data import SequenceSampler, cached_unit_streams, eval_sequences
+from slmscale.models.ladder import build_model
+from slmscale.models.throughput import device_peak_flops, mfu
 
 __all__ = ["WorkerContext", "WarmupCosine", "run_worker", "FINAL_JSON"]
 
@@ -160,7 +161,7 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     if not path.is_file():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= after_step]
-    from analysis.io import atomic_write_text
+    from slmscale.io import atomic_write_text
 
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
@@ -178,7 +179,7 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
     rt = _resolve_runtime(cfg, device)
     fsdp = cfg.parallel == "fsdp" and ctx.ray
 
-    from tokenization.schema import meta_hash
+    from slmscale.tokenization.schema import meta_hash
 
     streams = cached_unit_streams(cfg.units_dir, cfg.data_cache_dir(), cfg.val_fraction, cfg.test_fraction, cfg.seed,
                                   meta_hash(cfg.units_dir))

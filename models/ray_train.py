@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.io import SlmscaleError
-from models.config import RunPlan, TrainConfig
-from models.loop import WorkerContext, run_worker
+from slmscale.errors import SlmscaleError
+from slmscale.models.config import RunPlan, TrainConfig
+from slmscale.models.loop import WorkerContext, run_worker
 
 __all__ = ["run_torch_trainer", "ReportRelay"]
 
@@ -69,7 +69,7 @@ def run_torch_trainer(cfg: TrainConfig, plan: RunPlan, report=None, callbacks: l
     """Run the plan on `cfg.workers` Ray Train workers; returns when rank 0 has written final.json."""
     import torch
 
-    from tokenization.ray_utils import ensure_ray
+    from slmscale.ray_utils import ensure_ray
 
     ensure_ray()
     import ray.train

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from analysis.io import code_version
-from tokenization.schema import UNIT_SHARD_SCHEMA, UnitsMeta, write_meta, write_shard
+from slmscale.io import code_version
+from slmscale.tokenization.schema import UNIT_SHARD_SCHEMA, UnitsMeta, write_meta, write_shard
 
 __all__ = ["write_pattern_units"]
 

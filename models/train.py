@@ -10,19 +10,21 @@ from the newest checkpoint, or just returns the row when the run has finished.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
-from analysis.io import SlmscaleError, atomic_write_json, code_version, read_json
-from analysis.schema import write_results
-from models.checkpoint import check_identity, latest_checkpoint
-from models.config import RunPlan, TrainConfig, make_plan
-from models.data import SequenceSampler, cached_unit_streams
-from models.ladder import llama_config
-from models.loop import FINAL_JSON, WorkerContext, run_worker
-from tokenization.schema import UnitsMeta, meta_hash, read_meta
+from slmscale.analysis.schema import write_results
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_write_json, code_version, read_json
+from slmscale.models.checkpoint import check_identity, latest_checkpoint
+from slmscale.models.config import RunPlan, TrainConfig, make_plan
+from slmscale.models.data import SequenceSampler, cached_unit_streams
+from slmscale.models.ladder import llama_config
+from slmscale.models.loop import FINAL_JSON, WorkerContext, run_worker
+from slmscale.tokenization.schema import UnitsMeta, meta_hash, read_meta
 
 __all__ = ["TrainConfig", "RunPlan", "train", "prepare_run", "results_row", "resume"]
 
@@ -150,7 +152,7 @@ def train(cfg: TrainConfig, report: ReportFn | None = None, *, ray_callbacks: li
     run_dir = Path(cfg.out_dir)
     if not _finished(run_dir):
         if cfg.workers > 1 or cfg.use_ray:
-            from models.ray_train import run_torch_trainer
+            from slmscale.models.ray_train import run_torch_trainer
 
             run_torch_trainer(cfg, plan, report=report, callbacks=ray_callbacks)
         else:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ray import tune
 
-from analysis.io import SlmscaleError
+from slmscale.errors import SlmscaleError
 
 
 class WriteResultsOnComplete(tune.Callback):
@@ -15,7 +15,7 @@ class WriteResultsOnComplete(tune.Callback):
         self.storage = str(storage)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from .results import write_sweep_results
+        from slmscale.sweep.results import write_sweep_results
 
         try:
             write_sweep_results(self.storage)

@@ -24,8 +24,8 @@ trials finish). On a cluster, STORAGE must be a filesystem every node mounts (se
 
 
 def _plan(args) -> int:
-    from .grid import load_grid
-    from .plan import make_plan
+    from slmscale.sweep.grid import load_grid
+    from slmscale.sweep.plan import make_plan
 
     plan = make_plan(load_grid(args.grid), args.units)
     if args.json:
@@ -48,8 +48,8 @@ def _print_summary(summary: dict) -> int:
 
 
 def _launch(args) -> int:
-    from .grid import load_grid
-    from .launch import launch
+    from slmscale.sweep.grid import load_grid
+    from slmscale.sweep.launch import launch
 
     spec = load_grid(args.grid)
     print(f"launching grid {spec.name!r} into {args.storage} (see `slmscale sweep plan` for the trials; "
@@ -62,13 +62,13 @@ def _launch(args) -> int:
 
 
 def _resume(args) -> int:
-    from .launch import resume
+    from slmscale.sweep.launch import resume
 
     return _print_summary(resume(args.storage, address=args.address, verbose=0 if args.quiet else 1))
 
 
 def _status(args) -> int:
-    from .status import render_status, sweep_status
+    from slmscale.sweep.status import render_status, sweep_status
 
     rows = sweep_status(args.storage)
     print(json.dumps(rows, indent=2, default=str) if args.json else render_status(rows))
@@ -76,7 +76,7 @@ def _status(args) -> int:
 
 
 def _results(args) -> int:
-    from .results import write_sweep_results
+    from slmscale.sweep.results import write_sweep_results
 
     path = write_sweep_results(args.storage, args.output, allow_partial=not args.complete)
     import pandas as pd

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from analysis.io import SlmscaleError
+from slmscale.errors import SlmscaleError
 
 __all__ = ["TrialResources", "PlanAssumptions", "GridSpec", "Trial", "grid_from_dict", "load_grid", "with_changes", "expand_grid", "format_count"]
 
@@ -78,7 +79,7 @@ class TrialResources:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
 
-    def validate(self, where: str = "resources") -> "TrialResources":
+    def validate(self, where: str = "resources") -> TrialResources:
         _number(_sub_field(where, "workers"), self.workers, integer=True)
         _number(_sub_field(where, "cpus_per_worker"), self.cpus_per_worker, allow_zero=True)
         _number(_sub_field(where, "gpus_per_worker"), self.gpus_per_worker, allow_zero=True)
@@ -102,7 +103,7 @@ class PlanAssumptions:
     mfu: float = 0.4  # paper: 32-62% on A100 depending on size
     gpu_peak_tflops: float = 312.0  # A100 bf16 dense
 
-    def validate(self, where: str = "plan") -> "PlanAssumptions":
+    def validate(self, where: str = "plan") -> PlanAssumptions:
         _number(_sub_field(where, "mfu"), self.mfu)
         if self.mfu > 1:
             raise SlmscaleError(f"{_sub_field(where, 'mfu')}: expected a fraction in (0, 1], got {self.mfu}")
@@ -135,7 +136,7 @@ class GridSpec:
     def resources_for(self, model: str) -> TrialResources:
         return self.model_resources.get(model, self.resources)
 
-    def validate(self) -> "GridSpec":
+    def validate(self) -> GridSpec:
         w = self.source
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise SlmscaleError(f"{w}: field 'name' must be a word of letters, digits, '_', '.', '-', got {self.name!r}")

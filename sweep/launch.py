@@ -20,10 +20,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from analysis.io import SlmscaleError, atomic_write_json, code_version, read_json
-
-from .grid import GridSpec, Trial, grid_from_dict, with_changes
-from .plan import make_plan
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_write_json, code_version, read_json
+from slmscale.sweep.grid import GridSpec, Trial, grid_from_dict, with_changes
+from slmscale.sweep.plan import make_plan
 
 __all__ = ["SWEEP_FILE", "TUNE_DIR", "launch", "resume", "resolve_storage", "read_sweep"]
 
@@ -116,7 +116,7 @@ def _claim_driver(root: Path) -> None:
 
 
 def _units_info(units: str) -> tuple[str, int, str]:
-    from tokenization.schema import meta_hash, read_meta, shard_paths
+    from slmscale.tokenization.schema import meta_hash, read_meta, shard_paths
 
     path = Path(units).expanduser().resolve()
     meta = read_meta(path)
@@ -136,8 +136,8 @@ def _param_space(root: Path, sweep: dict[str, Any]) -> dict[str, Any]:
 def _trainable(spec: GridSpec, sweep: dict[str, Any]):
     from ray import tune
 
-    from .resources import tune_resources
-    from .trainable import run_trial
+    from slmscale.sweep.resources import tune_resources
+    from slmscale.sweep.trainable import run_trial
 
     per_model = {m: tune_resources(spec.resources_for(m)) for m in spec.models}
     model_of = {t["run_id"]: t["model"] for t in sweep["trials"]}
@@ -147,7 +147,7 @@ def _trainable(spec: GridSpec, sweep: dict[str, Any]):
 def _run_config(storage: Path, spec: GridSpec, verbose: int):
     from ray import tune
 
-    from .callbacks import WriteResultsOnComplete
+    from slmscale.sweep.callbacks import WriteResultsOnComplete
 
     return tune.RunConfig(
         name=TUNE_DIR,
@@ -167,13 +167,12 @@ def _check_train_configs(spec: GridSpec, trials: list[Trial], root: Path, n_unit
     or a bad `train` value fails before launch, naming the trial, instead of as N errored trials later."""
     from dataclasses import asdict as _asdict
 
-    from models.config import make_plan as make_train_plan
-
-    from .trainable import train_config_for
+    from slmscale.models.config import make_plan as make_train_plan
+    from slmscale.sweep.trainable import train_config_for
 
     settings = {"units": spec.units, "train": spec.train,
                 "resources": {m: _asdict(spec.resources_for(m)) for m in spec.models}}
-    from models.data import check_splits
+    from slmscale.models.data import check_splits
 
     split_fractions = set()
     for trial in trials:
@@ -217,14 +216,14 @@ def _check_storage_shared(root: Path) -> None:
 
 
 def _check_cluster(spec: GridSpec, trials: list[Trial], cluster_config: str | None) -> None:
-    from .resources import autoscaler_nodes, check_fits, live_nodes
+    from slmscale.sweep.resources import autoscaler_nodes, check_fits, live_nodes
 
     check_fits(spec, trials, live_nodes() + autoscaler_nodes(cluster_config))
 
 
 def _finish(grid, storage: Path) -> dict[str, Any]:
-    from .results import write_sweep_results
-    from .status import sweep_status
+    from slmscale.sweep.results import write_sweep_results
+    from slmscale.sweep.status import sweep_status
 
     errors = [r for r in grid if r.error is not None]
     try:
@@ -256,7 +255,7 @@ def launch(
     Everything that can be checked is checked before the first trial starts: the unit dataset, the grid,
     every trial's training schedule, that the storage is new and visible on every node, the cluster address,
     and that every trial fits the cluster's resources."""
-    from tokenization.ray_utils import ensure_ray
+    from slmscale.ray_utils import ensure_ray
 
     root = resolve_storage(storage)
     if (root / SWEEP_FILE).exists():
@@ -274,9 +273,9 @@ def launch(
     spec = with_changes(spec, units=units, max_concurrent=max_concurrent or spec.max_concurrent)
     plan = make_plan(spec, units)
     # Refuse a grid whose train overrides TrainConfig cannot take, before any Ray work.
-    from models.config import TrainConfig
+    from slmscale.models.config import TrainConfig
 
-    unknown = sorted(set(spec.train) - set(TrainConfig.__dataclass_fields__))
+    unknown = sorted(set(spec.train) - TrainConfig.field_names())
     if unknown:
         raise SlmscaleError(f"{spec.source}: field 'train' has unknown TrainConfig field(s) {unknown}")
     _check_train_configs(spec, plan.trials, root, n_units)
@@ -348,7 +347,7 @@ def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: i
     finished trials are kept as they are (Tuner.restore with resume_unfinished and resume_errored)."""
     from ray import tune
 
-    from tokenization.ray_utils import ensure_ray
+    from slmscale.ray_utils import ensure_ray
 
     root, sweep = read_sweep(storage)
     spec = grid_from_dict(sweep["grid"], source=str(root / SWEEP_FILE))

@@ -4,9 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.io import SlmscaleError
-
-from .grid import GridSpec, Trial, expand_grid, format_count
+from slmscale.errors import SlmscaleError
+from slmscale.sweep.grid import GridSpec, Trial, expand_grid, format_count
 
 __all__ = ["Plan", "make_plan", "vocab_for"]
 
@@ -14,14 +13,14 @@ __all__ = ["Plan", "make_plan", "vocab_for"]
 def vocab_for(spec: GridSpec, units: str | None) -> tuple[int, str]:
     """K (unit vocabulary) for parameter counts: the unit dataset's meta.json when it exists, else the grid's n_units."""
     if units and (Path(units) / "meta.json").is_file():
-        from tokenization.schema import read_meta
+        from slmscale.tokenization.schema import read_meta
 
         return read_meta(units).vocab_size, f"{units}/meta.json"
     return spec.n_units, f"{spec.source}: n_units"
 
 
 def _param_counter(spec: GridSpec, n_units: int):
-    from models.ladder import LADDER, count_params
+    from slmscale.models.ladder import LADDER, count_params
 
     unknown = [m for m in spec.models if m not in LADDER]
     if unknown:

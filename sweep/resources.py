@@ -11,13 +11,13 @@ node started by `ray up`) times its `max_workers`.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from analysis.io import SlmscaleError
-
-from .grid import GridSpec, Trial, TrialResources
+from slmscale.errors import SlmscaleError
+from slmscale.sweep.grid import GridSpec, Trial, TrialResources
 
 __all__ = ["TRAINABLE_CPUS", "NodeShape", "trial_bundles", "live_nodes", "autoscaler_nodes", "check_fits", "tune_resources"]
 

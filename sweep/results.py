@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.io import SlmscaleError
-from analysis.schema import validate_results, write_results
-
-from .trainable import ROW_FILE
+from slmscale.analysis.schema import validate_results, write_results
+from slmscale.errors import SlmscaleError
+from slmscale.sweep.trainable import ROW_FILE
 
 __all__ = ["sweep_results", "write_sweep_results"]
 
@@ -24,7 +23,7 @@ __all__ = ["sweep_results", "write_sweep_results"]
 def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> pd.DataFrame:
     """One row per finished trial, in grid order. Raises if none finished (or, with allow_partial=False, if any
     trial has not finished)."""
-    from .launch import RESULTS_FILE, read_sweep
+    from slmscale.sweep.launch import RESULTS_FILE, read_sweep
 
     root, sweep = read_sweep(storage)
     run_root = Path(sweep["settings"]["run_root"])
@@ -68,7 +67,7 @@ def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> 
 
 def write_sweep_results(storage: str | os.PathLike, out: str | os.PathLike | None = None, *, allow_partial: bool = True) -> Path:
     """Write the results table (Parquet or CSV by extension; default STORAGE/results.parquet) atomically."""
-    from .launch import RESULTS_FILE, read_sweep
+    from slmscale.sweep.launch import RESULTS_FILE, read_sweep
 
     root, _ = read_sweep(storage)
     return write_results(sweep_results(root, allow_partial=allow_partial), Path(out) if out else root / RESULTS_FILE)

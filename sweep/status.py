@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .trainable import ATTEMPT_FILE, ROW_FILE
+from slmscale.sweep.trainable import ATTEMPT_FILE, ROW_FILE
 
 __all__ = ["sweep_status", "render_status", "tune_trial_states"]
 
@@ -65,7 +65,7 @@ def _last_metrics(path: Path) -> dict[str, Any]:
 
 def sweep_status(storage: str | os.PathLike) -> list[dict[str, Any]]:
     """One dict per trial of the sweep, in grid order."""
-    from .launch import TUNE_DIR, read_sweep
+    from slmscale.sweep.launch import TUNE_DIR, read_sweep
 
     root, sweep = read_sweep(storage)
     run_root = Path(sweep["settings"]["run_root"])
@@ -124,7 +124,7 @@ def _fmt_duration(s: float) -> str:
 
 
 def render_status(rows: list[dict[str, Any]]) -> str:
-    from .grid import format_count
+    from slmscale.sweep.grid import format_count
 
     # "last report" tells a live trial from one whose driver died (Tune's state still says RUNNING then).
     head = (f"{'run_id':<28} {'state':<10} {'tokens done':>17} {'loss':>12} {'tok/s':>8} {'ETA':>8} {'tries':>5} "

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from analysis.io import atomic_write_json, code_version
+from slmscale.io import atomic_write_json, code_version
 
 __all__ = ["run_trial", "train_trial", "run_dir_of", "ROW_FILE", "ATTEMPT_FILE", "train_config_for", "evaluate_run"]
 
@@ -39,7 +39,7 @@ def run_dir_of(storage: str | Path, run_id: str) -> Path:
 
 def train_config_for(trial: dict[str, Any], sweep: dict[str, Any], run_dir: Path):
     """The models.train.TrainConfig of one trial: grid point + the grid's shared `train` fields + resources."""
-    from models.train import TrainConfig
+    from slmscale.models.train import TrainConfig
 
     res = sweep["resources"][trial["model"]]
     fields = dict(
@@ -52,7 +52,7 @@ def train_config_for(trial: dict[str, Any], sweep: dict[str, Any], run_dir: Path
         workers=int(res["workers"]),
         gpus_per_worker=float(res["gpus_per_worker"]),
     )
-    known = set(TrainConfig.__dataclass_fields__)
+    known = TrainConfig.field_names()
     if "cpus_per_worker" in known:
         fields["cpus_per_worker"] = float(res["cpus_per_worker"])
     if "threads" in known and not res["gpus_per_worker"] and res["workers"] == 1:
@@ -73,7 +73,7 @@ def evaluate_run(run_dir: Path, evals: list[dict[str, str]]) -> dict[str, float]
     for entry in evals:
         key = json.dumps(entry, sort_keys=True)
         if key not in index:
-            from models.evaluation import evaluate
+            from slmscale.models.evaluation import evaluate
 
             result = evaluate(str(run_dir), entry["benchmark"], units_dir=entry.get("units"), task=entry.get("task"),
                               progress=False)
@@ -121,7 +121,7 @@ def train_trial(config: dict[str, Any]) -> dict[str, Any]:
         row = json.loads(row_path.read_text())
         _report_to_tune({**row, "done": True}, None)
         return row
-    from models.checkpoint import latest_checkpoint
+    from slmscale.models.checkpoint import latest_checkpoint
 
     previous = json.loads((run_dir / ATTEMPT_FILE).read_text()) if (run_dir / ATTEMPT_FILE).is_file() else {}
     newest = latest_checkpoint(run_dir)
@@ -132,7 +132,7 @@ def train_trial(config: dict[str, Any]) -> dict[str, Any]:
          "resumed_from_step": int(newest.name.split("-")[1]) if newest else 0},
     )
 
-    from models.train import train
+    from slmscale.models.train import train
 
     cfg = train_config_for(trial, sweep, run_dir)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.bootstrap import bootstrap_fit
-from analysis.fit import FitConfig, fit_scaling_law
-from analysis.optimal import closed_form_optimal
-from analysis.params import ScalingParams
-from analysis.synthetic import synthetic_results
+from slmscale.analysis.bootstrap import bootstrap_fit
+from slmscale.analysis.fit import FitConfig, fit_scaling_law
+from slmscale.analysis.optimal import closed_form_optimal
+from slmscale.analysis.params import ScalingParams
+from slmscale.analysis.synthetic import synthetic_results
 
 TRUE = ScalingParams(1.8, 480.0, 2100.0, 0.35, 0.37)
 

@@ -1,4 +1,4 @@
-"""`slmscale fit | optimal | downstream | report` through sweep.cli.main: JSON shapes, errors, files written."""
+"""`slmscale fit | optimal | downstream | report` through slmscale.cli.main: JSON shapes, errors, files written."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from analysis.params import PRESETS, ScalingParams
-from analysis.synthetic import synthetic_results
-from sweep.cli import main
+from slmscale.analysis.params import PRESETS, ScalingParams
+from slmscale.analysis.synthetic import synthetic_results
+from slmscale.cli import main
 
 TRUE = ScalingParams(1.8, 480.0, 2100.0, 0.35, 0.37)
 

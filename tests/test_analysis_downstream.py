@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from analysis.downstream import GAMMA_TABLE4, compute_multiplier, downstream_analysis, fit_power_law
-from analysis.io import SlmscaleError
-from analysis.params import PRESETS
-from analysis.synthetic import synthetic_results
+from slmscale.analysis.downstream import GAMMA_TABLE4, compute_multiplier, downstream_analysis, fit_power_law
+from slmscale.analysis.params import PRESETS
+from slmscale.analysis.synthetic import synthetic_results
+from slmscale.errors import SlmscaleError
 
 
 def test_power_law_recovers_gamma_and_k_with_ci():

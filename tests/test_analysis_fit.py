@@ -6,13 +6,21 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.batched_newton import cpu_threads, forward_jacobian, minimize_batched
-from analysis.fit import FitConfig, FitData, coarse_grid, epoch_grid, fit_scaling_law, make_residuals, theta_to_params
-from analysis.io import SlmscaleError
-from analysis.params import ScalingParams
-from analysis.reference_fit import scipy_fit_per_start
-from analysis.schema import ColumnMap, read_results
-from analysis.synthetic import synthetic_results
+from slmscale.analysis.batched_newton import cpu_threads, forward_jacobian, minimize_batched
+from slmscale.analysis.fit import (
+    FitConfig,
+    FitData,
+    coarse_grid,
+    epoch_grid,
+    fit_scaling_law,
+    make_residuals,
+    theta_to_params,
+)
+from slmscale.analysis.params import ScalingParams
+from slmscale.analysis.reference_fit import scipy_fit_per_start
+from slmscale.analysis.schema import ColumnMap, read_results
+from slmscale.analysis.synthetic import synthetic_results
+from slmscale.errors import SlmscaleError
 
 TRUE = ScalingParams(1.8, 480.0, 2100.0, 0.35, 0.37)
 

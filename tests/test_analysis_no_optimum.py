@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.io import SlmscaleError
-from analysis.optimal import closed_form_optimal, compute_optimal
-from analysis.params import ScalingParams
-from analysis.synthetic import synthetic_results
-from sweep.cli import main
+from slmscale.analysis.optimal import closed_form_optimal, compute_optimal
+from slmscale.analysis.params import ScalingParams
+from slmscale.analysis.synthetic import synthetic_results
+from slmscale.cli import main
+from slmscale.errors import SlmscaleError
 
 FLAT_IN_N = ScalingParams(E=1.5, A=0.5, B=400.0, alpha=-0.1, beta=0.3)  # larger models *worse*
 

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from analysis.io import SlmscaleError
-from analysis.optimal import compute_optimal
-from analysis.params import PRESETS, load_params, params_from_dict, preset
+from slmscale.analysis.optimal import compute_optimal
+from slmscale.analysis.params import PRESETS, load_params, params_from_dict, preset
+from slmscale.errors import SlmscaleError
 
 
 def reference_closed_form(c, E, A, B, alpha, beta):

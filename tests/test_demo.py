@@ -24,7 +24,7 @@ SECTIONS = ("Data", "Training curves", "Trials", "Parametric fit", "Compute-opti
 
 
 def _demo_cmd(out: Path) -> list[str]:
-    return [sys.executable, "-m", "sweep", "demo", "--scale", "smallest", "-o", str(out), "--quiet"]
+    return [sys.executable, "-m", "slmscale", "demo", "--scale", "smallest", "-o", str(out), "--quiet"]
 
 
 def _finished_rows(out: Path) -> dict[str, int]:
@@ -87,8 +87,8 @@ def test_demo_killed_mid_sweep_reruns_to_a_complete_report(tmp_path):
     assert min(fit["E"], fit["A"], fit["B"]) > 0  # exp() of the log-sum-exp parameters; the exponents may have
     # any sign at this smoke-test scale (the report then says there is no compute-optimal allocation)
     assert fit["n_runs"] == trials_total
-    from analysis.fit import FitConfig, fit_scaling_law
-    from analysis.schema import read_results
+    from slmscale.analysis.fit import FitConfig, fit_scaling_law
+    from slmscale.analysis.schema import read_results
 
     refit = fit_scaling_law(read_results(out / "results.parquet"), FitConfig())
     assert refit.params.E == pytest.approx(fit["E"], rel=1e-6)

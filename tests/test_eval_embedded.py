@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.io import SlmscaleError
-from models.evaluation import evaluate
-from models.evaluation.benchmarks import load_benchmark
-from models.evaluation.embedded import ensure_embedded, sblimp_pairs, storycloze_questions
+from slmscale.errors import SlmscaleError
+from slmscale.models.evaluation import evaluate
+from slmscale.models.evaluation.benchmarks import load_benchmark
+from slmscale.models.evaluation.embedded import ensure_embedded, sblimp_pairs, storycloze_questions
 
 pytestmark = pytest.mark.ray
 
@@ -20,8 +20,8 @@ def _random_run(root: Path, tokenizer_hash: str | None = None) -> Path:
     a model trained on units of a tokenizer this machine cannot rebuild)."""
     import torch
 
-    from models.ladder import build_model
-    from tokenization.tokenizer import load_tokenizer
+    from slmscale.models.ladder import build_model
+    from slmscale.tokenization.tokenizer import load_tokenizer
 
     tok = load_tokenizer("mfcc")
     k = tok.vocab_size
@@ -41,7 +41,7 @@ def test_embedded_grammar_is_deterministic_and_covers_phenomena():
                                                 "tense_agreement", "irregular_past"}
     assert len(pairs) == 40 and all(p["correct"] != p["incorrect"] for p in pairs)
     # the correct sentences use the story corpus' own vocabulary (what a demo model is trained on)
-    from tokenization.stories import generate_stories
+    from slmscale.tokenization.stories import generate_stories
 
     corpus_words = set(" ".join(generate_stories(300, seed=1)).lower().replace(".", " ").replace(",", " ").split())
     correct_words = set(" ".join(p["correct"] for p in pairs).lower().replace(",", " ").split())
@@ -68,9 +68,9 @@ def test_embedded_storycloze_end_to_end_with_cache(ray_local, tmp_path, shared_c
     units_dir = Path(result["provenance"]["units_dir"])
     assert json.loads((units_dir / "meta.json").read_text())["tokenizer"]["hash"] == result["provenance"]["tokenizer_hash"]
     # second evaluation reuses the cached units: encoding must not run again
-    import tokenization.encode
+    import slmscale.tokenization.encode
 
-    monkeypatch.setattr(tokenization.encode, "encode", lambda *a, **k: pytest.fail("re-encoded a cached benchmark"))
+    monkeypatch.setattr(slmscale.tokenization.encode, "encode", lambda *a, **k: pytest.fail("re-encoded a cached benchmark"))
     again = evaluate(run, "embedded:storycloze", cache_dir=cache, progress=False)
     assert again["metrics"] == result["metrics"]
     # the same benchmark for a model whose units came from another tokenizer: refused, cache untouched
@@ -84,11 +84,11 @@ def test_embedded_storycloze_end_to_end_with_cache(ray_local, tmp_path, shared_c
 def test_in_process_encoding_matches_ray_data_encoding(ray_local, tmp_path, shared_cache):
     """Inside a Ray worker (a sweep trial) eval encodes in-process with the pipeline's own stages; the units
     must be identical to tokenization.encode's, and prepare_benchmark fills the cache the trials then read."""
-    from models.evaluation.encoding import encode_in_process
-    from models.evaluation.evaluator import prepare_benchmark
-    from tokenization.manifest import manifest_rows_for_files
-    from tokenization.schema import read_meta, read_units_table
-    from tokenization.tokenizer import load_tokenizer
+    from slmscale.models.evaluation.encoding import encode_in_process
+    from slmscale.models.evaluation.evaluator import prepare_benchmark
+    from slmscale.tokenization.manifest import manifest_rows_for_files
+    from slmscale.tokenization.schema import read_meta, read_units_table
+    from slmscale.tokenization.tokenizer import load_tokenizer
 
     # a training unit dataset's meta.json is all prepare_benchmark needs (tokenizer + hash)
     train_units = tmp_path / "train_units"
@@ -108,7 +108,7 @@ def test_in_process_encoding_matches_ray_data_encoding(ray_local, tmp_path, shar
 
 
 def test_cli_embedded_sblimp_summary_line(ray_local, tmp_path, capsys):
-    from sweep.cli import main
+    from slmscale.cli import main
 
     run = _random_run(tmp_path / "run")
     rc = main(["eval", "--model", str(run), "--benchmark", "embedded:sblimp", "--cache-dir", str(tmp_path / "c"),
@@ -125,11 +125,11 @@ def test_cli_embedded_sblimp_summary_line(ray_local, tmp_path, capsys):
 def test_unigram_model_gets_benchmark_in_its_pieces(ray_local, tmp_path, shared_cache):
     """A model trained on unigram tokens (SentencePiece over mfcc units): the benchmark's base units come from the
     cache (parent tokenizer hash) and are rewritten by the same SentencePiece model; hashes match, scores exist."""
-    from models.evaluation.benchmarks import load_benchmark
-    from models.evaluation.encoding import encode_benchmark
-    from tokenization.schema import read_meta, read_units_table
-    from tokenization.tokenizer import load_tokenizer
-    from tokenization.unigram import apply_unigram, train_unigram
+    from slmscale.models.evaluation.benchmarks import load_benchmark
+    from slmscale.models.evaluation.encoding import encode_benchmark
+    from slmscale.tokenization.schema import read_meta, read_units_table
+    from slmscale.tokenization.tokenizer import load_tokenizer
+    from slmscale.tokenization.unigram import apply_unigram, train_unigram
 
     tok = load_tokenizer("mfcc")
     bench = load_benchmark(ensure_embedded("storycloze", shared_cache, progress=False))
@@ -139,7 +139,7 @@ def test_unigram_model_gets_benchmark_in_its_pieces(ray_local, tmp_path, shared_
     train_meta = apply_unigram(base, spm, tmp_path / "train_pieces")  # stands in for the training corpus
     import torch
 
-    from models.ladder import build_model
+    from slmscale.models.ladder import build_model
 
     run = tmp_path / "run"
     torch.manual_seed(0)

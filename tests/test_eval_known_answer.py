@@ -12,9 +12,9 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from analysis.io import SlmscaleError
-from models.evaluation import evaluate
-from tokenization.schema import UnitsMeta, write_meta, write_shard
+from slmscale.errors import SlmscaleError
+from slmscale.models.evaluation import evaluate
+from slmscale.tokenization.schema import UnitsMeta, write_meta, write_shard
 
 K = 32
 TOKENIZER = {"kind": "mfcc", "hash": "tok-A", "layer": None, "frame_rate_hz": 100.0}
@@ -71,9 +71,9 @@ def pairs_benchmark(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, pairs_benchmark):
-    """models.train on a corpus: each correct sequence 40 times, plus random filler; incorrect ones never."""
-    from models.config import TrainConfig
-    from models.train import train
+    """train() on a corpus: each correct sequence 40 times, plus random filler; incorrect ones never."""
+    from slmscale.models.config import TrainConfig
+    from slmscale.models.train import train
 
     _, _, correct_seqs = pairs_benchmark
     root = tmp_path_factory.mktemp("train")
@@ -97,7 +97,7 @@ def random_run(tmp_path_factory):
     """A random-init model saved in the RUN_DIR layout (model/ + run.json), as models.train would."""
     import torch
 
-    from models.ladder import build_model
+    from slmscale.models.ladder import build_model
 
     run = tmp_path_factory.mktemp("random") / "run"
     torch.manual_seed(123)
@@ -140,7 +140,7 @@ def test_units_from_another_tokenizer_are_refused(random_run, pairs_benchmark, t
 
 
 def test_cli_json_and_results_merge(random_run, pairs_benchmark, tmp_path, capsys):
-    from sweep.cli import main
+    from slmscale.cli import main
 
     split, bench_units, _ = pairs_benchmark
     table = tmp_path / "results.csv"

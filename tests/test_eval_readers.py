@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from analysis.io import SlmscaleError
-from models.evaluation.benchmarks import load_benchmark, read_sblimp, read_storycloze
+from slmscale.errors import SlmscaleError
+from slmscale.models.evaluation.benchmarks import load_benchmark, read_sblimp, read_storycloze
 
 GOLD_HEADER = "id,filename,type,subtype,correct,transcription,voice\n"
 

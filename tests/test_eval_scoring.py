@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.io import SlmscaleError
-from models.evaluation.benchmarks import Benchmark, Candidate
-from models.evaluation.metrics import benchmark_metrics, decisions
-from models.evaluation.scoring import ScoreConfig, sequence_nll
+from slmscale.errors import SlmscaleError
+from slmscale.models.evaluation.benchmarks import Benchmark, Candidate
+from slmscale.models.evaluation.metrics import benchmark_metrics, decisions
+from slmscale.models.evaluation.scoring import ScoreConfig, sequence_nll
 
 K = 10  # units; EOS = 10, pad = 11
 

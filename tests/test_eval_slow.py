@@ -9,19 +9,19 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from models.evaluation import evaluate
-from tokenization.schema import UnitsMeta, read_meta, read_units_table, write_meta, write_shard
+from slmscale.models.evaluation import evaluate
+from slmscale.tokenization.schema import UnitsMeta, read_meta, read_units_table, write_meta, write_shard
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_model_trained_on_correct_sentences_beats_chance_on_embedded_sblimp(ray_local, tmp_path):
-    from models.config import TrainConfig
-    from models.evaluation.benchmarks import load_benchmark
-    from models.evaluation.embedded import ensure_embedded
-    from models.evaluation.encoding import encode_benchmark
-    from models.train import train
-    from tokenization.tokenizer import load_tokenizer
+    from slmscale.models.config import TrainConfig
+    from slmscale.models.evaluation.benchmarks import load_benchmark
+    from slmscale.models.evaluation.embedded import ensure_embedded
+    from slmscale.models.evaluation.encoding import encode_benchmark
+    from slmscale.models.train import train
+    from slmscale.tokenization.tokenizer import load_tokenizer
 
     cache = tmp_path / "cache"
     tok = load_tokenizer("mfcc")

@@ -5,8 +5,8 @@ import json
 
 import pandas as pd
 
-from models.synthetic_units import write_pattern_units
-from sweep.cli import main
+from slmscale.cli import main
+from slmscale.models.synthetic_units import write_pattern_units
 
 
 def test_models_json_lists_exact_counts(capsys):

@@ -5,10 +5,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from analysis.io import SlmscaleError
-from models.data import SequenceSampler, eval_sequences, load_unit_streams, split_of
-from models.synthetic_units import write_pattern_units
-from tokenization.schema import UNIT_SHARD_SCHEMA, UnitsMeta, read_units_table, write_meta, write_shard
+from slmscale.errors import SlmscaleError
+from slmscale.models.data import SequenceSampler, eval_sequences, load_unit_streams, split_of
+from slmscale.models.synthetic_units import write_pattern_units
+from slmscale.tokenization.schema import UNIT_SHARD_SCHEMA, UnitsMeta, read_units_table, write_meta, write_shard
 
 
 def test_split_depends_only_on_utt_id():
@@ -88,8 +88,8 @@ def test_out_of_range_unit_and_empty_split_are_named(tmp_path):
 
 
 def test_packed_streams_are_cached_and_memory_mapped(tmp_path):
-    from models.data import cached_unit_streams
-    from tokenization.schema import meta_hash
+    from slmscale.models.data import cached_unit_streams
+    from slmscale.tokenization.schema import meta_hash
 
     units = write_pattern_units(tmp_path / "u", n_units=30, n_utterances=150, seed=8)
     h = meta_hash(units)
@@ -107,7 +107,7 @@ def test_packed_streams_are_cached_and_memory_mapped(tmp_path):
 
 
 def test_shard_layout_and_chunking_do_not_change_the_streams(tmp_path):
-    import models.data as data
+    import slmscale.models.data as data
 
     one = write_pattern_units(tmp_path / "one", n_units=30, n_utterances=150, n_shards=1, seed=9)
     three = write_pattern_units(tmp_path / "three", n_units=30, n_utterances=150, n_shards=3, seed=9)

@@ -4,9 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analysis.io import SlmscaleError
-from models.ladder import (
-    LADDER, PAPER_SIZES, build_model, count_params, count_params_meta, flops_per_token, get_size, ladder_table,
+from slmscale.errors import SlmscaleError
+from slmscale.models.ladder import (
+    LADDER,
+    PAPER_SIZES,
+    build_model,
+    count_params,
+    count_params_meta,
+    flops_per_token,
+    get_size,
+    ladder_table,
     llama_config,
 )
 

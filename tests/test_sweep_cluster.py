@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-from analysis.io import SlmscaleError
-from sweep.grid import grid_from_dict
-from sweep.plan import make_plan
-from sweep.resources import NodeShape, autoscaler_nodes, check_fits, trial_bundles
+from slmscale.errors import SlmscaleError
+from slmscale.sweep.grid import grid_from_dict
+from slmscale.sweep.plan import make_plan
+from slmscale.sweep.resources import NodeShape, autoscaler_nodes, check_fits, trial_bundles
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster.yaml"
@@ -76,7 +75,7 @@ def test_fit_check_against_cluster_yaml_node_types():
 
 
 def test_trial_bundles_reserve_the_trainable_only_for_multi_worker_runs():
-    from sweep.grid import TrialResources
+    from slmscale.sweep.grid import TrialResources
 
     assert trial_bundles(TrialResources(1, 2, 1)) == [{"CPU": 2.0, "GPU": 1.0}]
     b = trial_bundles(TrialResources(2, 4, 1))

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sweep.cli import main
+from slmscale.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_TRAIN = {"context": 64, "tokens_per_update": 512, "eval_tokens": 2048, "test_tokens": 2048}
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def units(tmp_path_factory):
-    from models.synthetic_units import write_pattern_units
+    from slmscale.models.synthetic_units import write_pattern_units
 
     return write_pattern_units(tmp_path_factory.mktemp("units"), n_units=50, n_utterances=300, seed=2)
 
@@ -52,10 +52,10 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def test_killed_trial_worker_resumes_to_the_uninterrupted_loss(ray_local, units, tmp_path):
-    from models.train import train
-    from sweep.launch import launch
-    from sweep.grid import load_grid
-    from sweep.trainable import train_config_for
+    from slmscale.models.train import train
+    from slmscale.sweep.grid import load_grid
+    from slmscale.sweep.launch import launch
+    from slmscale.sweep.trainable import train_config_for
 
     grid = write_grid(tmp_path / "g.yaml", tokens=[32768], train={**FAST_TRAIN, "checkpoint_every": 8})
     storage = tmp_path / "sweep"
@@ -109,7 +109,7 @@ def test_killed_driver_then_resume_finishes_every_trial_once(ray_local, units, t
 
     env = {**os.environ, "RAY_ADDRESS": "", "TQDM_DISABLE": "1"}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "sweep", "sweep", "launch", str(grid), "--units", str(units), "--storage", str(storage),
+        [sys.executable, "-m", "slmscale", "sweep", "launch", str(grid), "--units", str(units), "--storage", str(storage),
          "--quiet"],
         cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from analysis.io import SlmscaleError
-from models.ladder import count_params
-from sweep.grid import grid_from_dict, load_grid, expand_grid
-from sweep.plan import make_plan
+from slmscale.errors import SlmscaleError
+from slmscale.models.ladder import count_params
+from slmscale.sweep.grid import grid_from_dict, load_grid
+from slmscale.sweep.plan import make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {"name": "g", "models": ["tiny-100K", "tiny-1M"], "d_over_n": [2, 20], "seeds": [0, 1]}
@@ -61,7 +61,7 @@ def test_gpu_hours_follow_mfu_and_peak():
 
 
 def test_vocab_from_units_meta(tmp_path):
-    from tokenization.schema import UnitsMeta, write_meta
+    from slmscale.tokenization.schema import UnitsMeta, write_meta
 
     write_meta(tmp_path, UnitsMeta(vocab_size=50, tokenizer={"kind": "mfcc", "hash": "abc"}))
     plan = make_plan(spec(), units=str(tmp_path))
@@ -119,7 +119,7 @@ def test_shipped_grids_are_valid():
 
 
 def test_plan_cli_prints_every_trial(capsys):
-    from sweep.cli import main
+    from slmscale.cli import main
 
     assert main(["sweep", "plan", str(REPO / "sweep" / "grids" / "paper.yaml")]) == 0
     out = capsys.readouterr().out

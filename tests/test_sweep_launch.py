@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.schema import CANONICAL_COLUMNS, PROVENANCE_COLUMNS
-from sweep.cli import main
+from slmscale.analysis.schema import CANONICAL_COLUMNS, PROVENANCE_COLUMNS
+from slmscale.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 # Small enough for a CPU test: context 64, 512 tokens per update, tiny evaluation sets.
@@ -21,7 +21,7 @@ FAST_TRAIN = {"context": 64, "tokens_per_update": 512, "eval_tokens": 2048, "tes
 
 @pytest.fixture(scope="module")
 def units(tmp_path_factory):
-    from models.synthetic_units import write_pattern_units
+    from slmscale.models.synthetic_units import write_pattern_units
 
     return write_pattern_units(tmp_path_factory.mktemp("units"), n_units=50, n_utterances=300, seed=1)
 
@@ -33,7 +33,7 @@ def write_sblimp_with_units(root: Path, train_units: Path) -> tuple[Path, Path]:
     import pyarrow as pa
     import soundfile as sf
 
-    from tokenization.schema import UnitsMeta, read_meta, write_meta, write_shard
+    from slmscale.tokenization.schema import UnitsMeta, read_meta, write_meta, write_shard
 
     meta = read_meta(train_units)
     split = root / "syntactic" / "dev"
@@ -108,7 +108,7 @@ def test_small_grid_end_to_end(ray_local, units, tmp_path, capsys):
     assert sorted(pd.read_parquet(storage / "results.parquet")["run_id"]) == sorted(df["run_id"])
 
     # The table feeds the analysis stage unchanged.
-    from analysis.schema import read_results
+    from slmscale.analysis.schema import read_results
 
     assert len(read_results(results)) == 6
     assert main(["fit", "--results", str(results), "--grid", "coarse", "--json"]) == 0
@@ -134,7 +134,7 @@ def test_grid_that_does_not_fit_is_refused_before_launch(ray_local, units, tmp_p
 def test_unreachable_address_is_a_clear_error(units, tmp_path):
     grid = write_grid(tmp_path / "g.yaml")
     proc = subprocess.run(
-        [sys.executable, "-m", "sweep", "sweep", "launch", str(grid), "--units", str(units),
+        [sys.executable, "-m", "slmscale", "sweep", "launch", str(grid), "--units", str(units),
          "--storage", str(tmp_path / "s"), "--address", "127.0.0.1:9"],
         capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""},
     )
@@ -164,8 +164,8 @@ def test_launch_input_errors(units, tmp_path, capsys):
 @pytest.mark.ray
 def test_multi_worker_trial_runs_ray_train_inside_tune(ray_local, units, tmp_path):
     """workers > 1: the trainable (0.5 CPU) starts a Ray Train TorchTrainer (2 gloo workers x 0.5 CPU)."""
-    from sweep.grid import load_grid
-    from sweep.launch import launch
+    from slmscale.sweep.grid import load_grid
+    from slmscale.sweep.launch import launch
 
     grid = write_grid(tmp_path / "mw.yaml", tokens=[4096], resources={"workers": 2, "cpus_per_worker": 0.5},
                       max_failures=0)
@@ -191,7 +191,7 @@ def test_trial_configs_are_checked_before_launch(units, tmp_path, capsys):
 
 
 def test_unit_dataset_too_small_for_the_splits_is_refused_before_launch(tmp_path, capsys):
-    from models.synthetic_units import write_pattern_units
+    from slmscale.models.synthetic_units import write_pattern_units
 
     few = write_pattern_units(tmp_path / "few", n_units=50, n_utterances=6, seed=1)  # 2% splits: empty val/test
     grid = write_grid(tmp_path / "g.yaml")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.status import render_status, sweep_status
+from slmscale.sweep.status import render_status, sweep_status
 
 
 def make_sweep(root: Path, trials: list[str], tune_status: dict[str, str]) -> Path:

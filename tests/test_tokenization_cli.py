@@ -1,4 +1,4 @@
-"""`slmscale tokenize ...` commands (in-process through sweep.cli.main), unigram train/apply and stats."""
+"""`slmscale tokenize ...` commands (in-process through slmscale.cli.main), unigram train/apply and stats."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,19 @@ import pytest
 import sentencepiece as spm
 import soundfile as sf
 
-from analysis.io import code_version
-from sweep.cli import build_parser, main
-from tokenization.dedup import collapse_runs
-from tokenization.schema import UNIT_SHARD_SCHEMA, UnitsMeta, read_meta, read_units_table, write_meta, write_shard
-from tokenization.tokenizer import load_tokenizer
-from tokenization.unigram import units_to_text
+from slmscale.cli import build_parser, main
+from slmscale.io import code_version
+from slmscale.tokenization.dedup import collapse_runs
+from slmscale.tokenization.schema import (
+    UNIT_SHARD_SCHEMA,
+    UnitsMeta,
+    read_meta,
+    read_units_table,
+    write_meta,
+    write_shard,
+)
+from slmscale.tokenization.tokenizer import load_tokenizer
+from slmscale.tokenization.unigram import units_to_text
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:

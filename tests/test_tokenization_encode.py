@@ -15,13 +15,13 @@ import pytest
 import soundfile as sf
 import soxr
 
-from analysis.io import SlmscaleError
-from tokenization.dedup import collapse_runs
-from tokenization.encode import encode
-from tokenization.manifest import build_manifest, read_manifest, write_manifest
-from tokenization.schema import UNIT_SHARD_SCHEMA, read_meta, read_units_table, shard_paths
-from tokenization.synth import synthesize, tts
-from tokenization.tokenizer import load_tokenizer
+from slmscale.errors import SlmscaleError
+from slmscale.tokenization.dedup import collapse_runs
+from slmscale.tokenization.encode import encode
+from slmscale.tokenization.manifest import build_manifest, read_manifest, write_manifest
+from slmscale.tokenization.schema import UNIT_SHARD_SCHEMA, read_meta, read_units_table, shard_paths
+from slmscale.tokenization.synth import synthesize, tts
+from slmscale.tokenization.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +115,7 @@ def test_synthesize_manifest_encode_end_to_end(ray_local, tmp_path, tok):
 
 
 def test_windows_group_whole_shards():
-    from tokenization.encode import _windows
+    from slmscale.tokenization.encode import _windows
 
     pending = {0: [0, 1], 1: [2, 3], 3: [6, 7], 4: [8]}
     assert _windows(pending, 4) == [{0: [0, 1], 1: [2, 3]}, {3: [6, 7], 4: [8]}]
@@ -125,7 +125,7 @@ def test_windows_group_whole_shards():
 
 def test_unit_actor_without_dedup_keeps_every_frame(tok):
     """The actor stage alone (no Ray): a batch with one chunk and one upstream reject."""
-    from tokenization.pipeline import UnitActor
+    from slmscale.tokenization.pipeline import UnitActor
 
     wav = speech16k(SENTENCES[3])
     batch = {"row": np.array([0, 1]), "shard": np.array([0, 0]), "chunk": np.array([0, 0]),
@@ -145,7 +145,7 @@ def test_unit_actor_without_dedup_keeps_every_frame(tok):
 def test_decode_batch_bounds_memory_and_keeps_every_row(tmp_path):
     """The decode stage alone (no Ray): output batches hold at most max_samples of audio (or one chunk),
     equal-length waveforms stay one object each, and a bad file becomes its one reject row in place."""
-    from tokenization.pipeline import decode_batch
+    from slmscale.tokenization.pipeline import decode_batch
 
     wav = speech16k(SENTENCES[2])
     sf.write(tmp_path / "a.wav", wav, 16000)
@@ -169,7 +169,7 @@ def test_decode_batch_bounds_memory_and_keeps_every_row(tmp_path):
 def test_unit_actor_decoding_its_own_rows_matches_the_two_stage_layout(tmp_path, tok):
     """UnitActor(decode=...) on manifest rows (the CPU layout) gives the rows of decode_batch -> UnitActor (the GPU
     layout), tokenizing at most batch_size chunks at a time; a bad file is its one reject row."""
-    from tokenization.pipeline import UnitActor, decode_batch
+    from slmscale.tokenization.pipeline import UnitActor, decode_batch
 
     wav = speech16k(SENTENCES[4])
     sf.write(tmp_path / "a.wav", wav, 16000)
@@ -195,8 +195,8 @@ def test_unit_actor_decoding_its_own_rows_matches_the_two_stage_layout(tmp_path,
 _FAULTS_SCRIPT = """
 import resource, sys
 import numpy as np
-from tokenization.mfcc import mfcc_features
-from tokenization.pipeline import keep_freed_memory
+from slmscale.tokenization.mfcc import mfcc_features
+from slmscale.tokenization.pipeline import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 wav = np.random.default_rng(0).normal(scale=0.1, size=16000 * 12).astype(np.float32)
@@ -281,7 +281,7 @@ def test_every_bad_input_becomes_units_or_one_reject(ray_local, tmp_path, tok):
     assert len(encoded_files) + len(rejects) == len(rows)  # rows in = encoded + rejected
     assert meta.counts["files"] == len(rows) and meta.counts["rejected"] == len(expected)
     assert meta.counts["encoded_files"] == len(encoded_files)
-    from tokenization.stats import unit_stats
+    from slmscale.tokenization.stats import unit_stats
 
     reasons = list(expected.values())
     assert unit_stats(out).attrs["rejected_by_reason"] == {r: reasons.count(r) for r in set(reasons)}
@@ -307,7 +307,7 @@ def test_interrupted_encode_resumes_without_redoing_shards(ray_local, tmp_path, 
     texts = [(f"s{i:02d}", f"{SENTENCES[i % 5]} Number {i}.") for i in range(24)]
     manifest = synthesize(texts, audio, voices=["en", "en+f3"], rates=[170], progress=False)
     out = tmp_path / "units"
-    cmd = [sys.executable, "-m", "sweep", "tokenize", "encode", "--manifest", str(manifest), "--tokenizer", "mfcc",
+    cmd = [sys.executable, "-m", "slmscale", "tokenize", "encode", "--manifest", str(manifest), "--tokenizer", "mfcc",
            "-o", str(out), "--rows-per-shard", "1", "--actors", "1", "--batch-size", "1", "-q"]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
@@ -401,7 +401,7 @@ def test_two_hour_file_is_chunked(ray_local, tmp_path, tok):
     assert table.column("utt_id").to_pylist() == [f"two_hours#{i:04d}" for i in range(120)]
     assert meta.counts["hours"] == pytest.approx(2.0, abs=1e-3)
     assert all(d == 60.0 for d in table.column("duration_s").to_pylist())
-    from tokenization.dedup import expand_runs
+    from slmscale.tokenization.dedup import expand_runs
 
     rows = table.to_pylist()
     a, b = (expand_runs(rows[i]["units"], rows[i]["durations"]) for i in (5, 77))

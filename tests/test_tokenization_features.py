@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import soxr
 
-from analysis.io import SlmscaleError
-from tokenization.dedup import collapse_runs, expand_runs
-from tokenization.kmeans import Codebook, fit_kmeans, import_joblib, load_codebook
-from tokenization.mfcc import MfccConfig, _mel_filterbank, mfcc_features
-from tokenization.synth import tts
-from tokenization.tokenizer import MFCC_CODEBOOK, load_tokenizer
+from slmscale.errors import SlmscaleError
+from slmscale.tokenization.dedup import collapse_runs, expand_runs
+from slmscale.tokenization.kmeans import Codebook, fit_kmeans, import_joblib, load_codebook
+from slmscale.tokenization.mfcc import MfccConfig, _mel_filterbank, mfcc_features
+from slmscale.tokenization.synth import tts
+from slmscale.tokenization.tokenizer import MFCC_CODEBOOK, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,15 @@ import soundfile as sf
 import soxr
 import torch
 
-from analysis.io import SlmscaleError
-from tokenization.dedup import collapse_runs
-from tokenization.encode import encode
-from tokenization.fit import fit_codebook
-from tokenization.hubert import HubertExtractor
-from tokenization.kmeans import load_codebook
-from tokenization.schema import read_units_table
-from tokenization.synth import synthesize, tts
-from tokenization.tokenizer import load_tokenizer
+from slmscale.errors import SlmscaleError
+from slmscale.tokenization.dedup import collapse_runs
+from slmscale.tokenization.encode import encode
+from slmscale.tokenization.fit import fit_codebook
+from slmscale.tokenization.hubert import HubertExtractor
+from slmscale.tokenization.kmeans import load_codebook
+from slmscale.tokenization.schema import read_units_table
+from slmscale.tokenization.synth import synthesize, tts
+from slmscale.tokenization.tokenizer import load_tokenizer
 
 
 def _save_tiny_hubert(path, extra_stride: bool = False):
@@ -141,7 +141,7 @@ def test_gpu_path_is_chosen_automatically_and_agrees_with_cpu(tiny_hubert, wav, 
     compiled = HubertExtractor(path, layer=2, compile=True)  # opt-in
     assert compiled._forward is not compiled.model
     assert np.corrcoef(compiled(wav).ravel(), a.ravel())[0, 1] > 0.99
-    from tokenization.kmeans import fit_kmeans
+    from slmscale.tokenization.kmeans import fit_kmeans
 
     fit_kmeans(b, 8, cpu.describe(), seed=0).save(tmp_path / "km8")
     units_gpu = load_tokenizer(f"hubert:{path}", layer=2, kmeans=tmp_path / "km8").frame_units([wav])[0]

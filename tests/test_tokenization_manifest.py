@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from analysis.io import SlmscaleError, sha256_file
-from tokenization.manifest import MANIFEST_SCHEMA, build_manifest, read_manifest, rejects_path_for
+from slmscale.errors import SlmscaleError
+from slmscale.io import sha256_file
+from slmscale.tokenization.manifest import MANIFEST_SCHEMA, build_manifest, read_manifest, rejects_path_for
 
 
 def _tone(path, sr=16000, seconds=1.0, channels=1):

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from analysis.io import SlmscaleError
-from tokenization.stories import generate_stories, story_items
-from tokenization.synth import available_backend, synthesize, tts
+from slmscale.errors import SlmscaleError
+from slmscale.tokenization.stories import generate_stories, story_items
+from slmscale.tokenization.synth import available_backend, synthesize, tts
 
 TEXT = "The little cat went to the park and found a red ball."
 
@@ -71,7 +71,7 @@ def test_synthesize_writes_wavs_and_manifest_with_transcripts(tmp_path):
     assert table.loc["sub/b", "transcript"] == "Anna went to the park."
     assert table.loc["a", "speaker"] == "en@150" and table.loc["sub/b", "speaker"] == "en+f3@150"
     assert table.loc["c", "speaker"] == "en@200"  # voices cycle first, then rates
-    for utt_id, row in table.iterrows():
+    for _, row in table.iterrows():
         info = sf.info(row["path"])
         assert info.samplerate == 16000 and info.channels == 1 and row["sample_rate"] == 16000
         assert abs(info.duration - row["duration_s"]) < 1e-6 and row["duration_s"] > 0.5

@@ -6,10 +6,10 @@ import shutil
 import pyarrow as pa
 import pytest
 
-from analysis.io import SlmscaleError
-from models.synthetic_units import write_pattern_units
-from models.train import TrainConfig, train
-from tokenization.schema import UNIT_SHARD_SCHEMA, UnitsMeta, write_meta, write_shard
+from slmscale.errors import SlmscaleError
+from slmscale.models.synthetic_units import write_pattern_units
+from slmscale.models.train import TrainConfig, train
+from slmscale.tokenization.schema import UNIT_SHARD_SCHEMA, UnitsMeta, write_meta, write_shard
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from models.config import TrainConfig
-from models.loop import _resolve_runtime
-from models.synthetic_units import write_pattern_units
-from models.throughput import device_peak_flops, mfu
-from models.train import train
+from slmscale.models.config import TrainConfig
+from slmscale.models.loop import _resolve_runtime
+from slmscale.models.synthetic_units import write_pattern_units
+from slmscale.models.throughput import device_peak_flops, mfu
+from slmscale.models.train import train
 
 
 def _cfg(**kw):

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from analysis.schema import read_results
-from models.checkpoint import load_model
-from models.data import eval_sequences, load_unit_streams
-from models.loop import WarmupCosine
-from models.synthetic_units import write_pattern_units
-from models.train import TrainConfig, train
-from tokenization.schema import meta_hash
+from slmscale.analysis.schema import read_results
+from slmscale.models.checkpoint import load_model
+from slmscale.models.data import eval_sequences, load_unit_streams
+from slmscale.models.loop import WarmupCosine
+from slmscale.models.synthetic_units import write_pattern_units
+from slmscale.models.train import TrainConfig, train
+from slmscale.tokenization.schema import meta_hash
 
 N_UNITS = 50
 STEPS = 60

@@ -3,14 +3,13 @@ in-process loop (same global batch, gradients averaged over workers) and writes 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.synthetic_units import write_pattern_units
-from models.train import TrainConfig, train
+from slmscale.models.synthetic_units import write_pattern_units
+from slmscale.models.train import TrainConfig, train
 
 pytestmark = pytest.mark.ray
 
@@ -45,8 +44,8 @@ def test_two_worker_torch_trainer_matches_in_process(ray_local, tmp_path):
 def test_report_relay_and_error_unwrapping():
     """The driver-side pieces of the Ray path without starting Ray: rank 0's metrics reach `report` with the
     checkpoint path, and a worker's SlmscaleError surfaces as one (wrapped the way Train v2 wraps it)."""
-    from analysis.io import SlmscaleError
-    from models.ray_train import ReportRelay, _find_cause
+    from slmscale.errors import SlmscaleError
+    from slmscale.models.ray_train import ReportRelay, _find_cause
 
     got = []
     relay = ReportRelay(lambda m, c: got.append((m["step"], c)))

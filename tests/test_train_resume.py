@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.checkpoint import list_checkpoints, load_model
-from models.synthetic_units import write_pattern_units
-from models.train import TrainConfig, train
+from slmscale.models.checkpoint import list_checkpoints, load_model
+from slmscale.models.synthetic_units import write_pattern_units
+from slmscale.models.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent
 K = 8  # updates before the interruption
@@ -78,7 +78,7 @@ def test_resume_is_bitwise_identical(units, tmp_path):
 
 
 def _cli(units, out, steps):
-    return [sys.executable, "-m", "sweep", "train", "--units", str(units), "--model", "tiny-100K",
+    return [sys.executable, "-m", "slmscale", "train", "--units", str(units), "--model", "tiny-100K",
             "--tokens", str(512 * steps), "--lr", "2e-3", "--checkpoint-every", "10", "--report-every", "5",
             "--threads", "1", "--no-progress", "-o", str(out)]
 
@@ -101,7 +101,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(units, tmp_path):
     assert not (tmp_path / "killed" / "final.json").exists(), "the run finished before it was killed"
     killed_at = list_checkpoints(tmp_path / "killed")[-1].name
 
-    done = subprocess.run([sys.executable, "-m", "sweep", "train", "--resume", str(tmp_path / "killed"), "--json"],
+    done = subprocess.run([sys.executable, "-m", "slmscale", "train", "--resume", str(tmp_path / "killed"), "--json"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.io import SlmscaleError
+from slmscale.errors import SlmscaleError
 
 TOKENIZE_DESCRIPTION = """\
 Audio -> discrete units (paper §3): manifest -> features (HuBERT layer L, or embedded MFCC) -> k-means units,
@@ -25,7 +25,7 @@ With a HuBERT checkpoint directory:
 
 
 def _manifest(args) -> int:
-    from .manifest import build_manifest, rejects_path_for
+    from slmscale.tokenization.manifest import build_manifest, rejects_path_for
 
     out = build_manifest(args.src, args.output, source=args.source, threads=args.threads, progress=not args.quiet)
     import pyarrow.parquet as pq
@@ -37,8 +37,8 @@ def _manifest(args) -> int:
 
 
 def _encode(args) -> int:
-    from .encode import encode
-    from .ray_utils import ensure_ray
+    from slmscale.ray_utils import ensure_ray
+    from slmscale.tokenization.encode import encode
 
     ensure_ray(args.address)
     meta = encode(args.manifest, args.tokenizer, args.output, layer=args.layer, kmeans=args.kmeans,
@@ -53,7 +53,7 @@ def _encode(args) -> int:
 
 
 def _fit_kmeans(args) -> int:
-    from .fit import fit_codebook
+    from slmscale.tokenization.fit import fit_codebook
 
     path = fit_codebook(args.manifest, args.features, args.k, args.output, layer=args.layer, max_files=args.max_files,
                         max_frames=args.max_frames, seed=args.seed, progress=not args.quiet)
@@ -62,8 +62,8 @@ def _fit_kmeans(args) -> int:
 
 
 def _import_kmeans(args) -> int:
-    from .kmeans import import_joblib
-    from .tokenizer import make_extractor, parse_tokenizer
+    from slmscale.tokenization.kmeans import import_joblib
+    from slmscale.tokenization.tokenizer import make_extractor, parse_tokenizer
 
     desc = {"kind": args.features.partition(":")[0]}
     if args.layer is not None:
@@ -76,7 +76,7 @@ def _import_kmeans(args) -> int:
 
 
 def _unigram_train(args) -> int:
-    from .unigram import train_unigram
+    from slmscale.tokenization.unigram import train_unigram
 
     path = train_unigram(args.units_dir, args.vocab_size, args.output, max_sentences=args.max_sentences, seed=args.seed)
     trained = json.loads(path.with_suffix(".json").read_text())["vocab_size"]
@@ -86,7 +86,7 @@ def _unigram_train(args) -> int:
 
 
 def _unigram_apply(args) -> int:
-    from .unigram import apply_unigram
+    from slmscale.tokenization.unigram import apply_unigram
 
     meta = apply_unigram(args.units_dir, args.model, args.output)
     print(f"wrote {args.output}: {meta.counts['units']:,} tokens (V={meta.vocab_size}), "
@@ -109,8 +109,8 @@ def _read_text_items(path: Path) -> list[tuple[str, str]]:
 
 
 def _synth(args) -> int:
-    from .stories import story_items
-    from .synth import synthesize
+    from slmscale.tokenization.stories import story_items
+    from slmscale.tokenization.synth import synthesize
 
     items = _read_text_items(Path(args.text)) if args.text else story_items(args.stories, seed=args.seed)
     path = synthesize(items, args.output, voices=args.voices, rates=args.rates, sample_rate=args.sample_rate,
@@ -120,7 +120,7 @@ def _synth(args) -> int:
 
 
 def _stats(args) -> int:
-    from .stats import format_stats, unit_stats
+    from slmscale.tokenization.stats import format_stats, unit_stats
 
     df = unit_stats(args.units_dir)
     if args.json:
@@ -132,7 +132,7 @@ def _stats(args) -> int:
 
 
 def register(sub, formatter_class) -> None:
-    from .synth import DEFAULT_RATES, DEFAULT_VOICES
+    from slmscale.tokenization.synth import DEFAULT_RATES, DEFAULT_VOICES
 
     tok = sub.add_parser("tokenize", help="audio -> units: manifest, encode, k-means, unigram, synth, stats",
                          description=TOKENIZE_DESCRIPTION, formatter_class=formatter_class)

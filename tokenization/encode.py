@@ -20,11 +20,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.io import SlmscaleError, atomic_path, atomic_write_json, code_version, read_json, sha256_file
-
-from .manifest import read_manifest
-from .schema import REJECTS_SCHEMA, UNIT_SHARD_SCHEMA, UnitsMeta, read_meta, write_meta, write_shard
-from .tokenizer import MIN_SAMPLES, TokenizerSpec, UnitTokenizer, parse_tokenizer
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_path, atomic_write_json, code_version, read_json, sha256_file
+from slmscale.tokenization.manifest import read_manifest
+from slmscale.tokenization.schema import (
+    REJECTS_SCHEMA,
+    UNIT_SHARD_SCHEMA,
+    UnitsMeta,
+    read_meta,
+    write_meta,
+    write_shard,
+)
+from slmscale.tokenization.tokenizer import MIN_SAMPLES, TokenizerSpec, UnitTokenizer, parse_tokenizer
 
 __all__ = ["EncodeConfig", "encode", "shard_name"]
 
@@ -42,7 +49,7 @@ class EncodeConfig:
     decode_cpus: float = 0.25  # CPU share per decode task beside GPU actors (CPU actors decode themselves)
     window_rows: int = 100_000  # rows per Ray Data execution: bounds the driver's bookkeeping on huge manifests
 
-    def validate(self) -> "EncodeConfig":
+    def validate(self) -> EncodeConfig:
         if not isinstance(self.rows_per_shard, int) or self.rows_per_shard < 1:
             raise SlmscaleError(f"--rows-per-shard: expected a positive integer, got {self.rows_per_shard!r}")
         if not self.chunk_s >= 1.0:
@@ -171,8 +178,9 @@ def _run_pipeline(manifest: pa.Table, pending: dict[int, list[int]], spec: Token
                   collector: _ShardCollector, bar) -> dict[str, Any]:
     import ray
 
-    from .pipeline import UnitActor, decode_batch
-    from .ray_utils import ensure_ray, quiet_ray_data
+    from slmscale.ray_utils import ensure_ray
+    from slmscale.tokenization.pipeline import UnitActor, decode_batch
+    from slmscale.tokenization.ray_utils import quiet_ray_data
 
     ensure_ray()
     actors, cpa, gpa, batch = _resources(spec, cfg)

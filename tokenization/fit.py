@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.io import SlmscaleError
-
-from .audio import AudioReject, decode_chunks
-from .kmeans import fit_kmeans
-from .manifest import read_manifest
-from .tokenizer import MIN_SAMPLES, make_extractor, parse_tokenizer
+from slmscale.errors import SlmscaleError
+from slmscale.tokenization.audio import AudioReject, decode_chunks
+from slmscale.tokenization.kmeans import fit_kmeans
+from slmscale.tokenization.manifest import read_manifest
+from slmscale.tokenization.tokenizer import MIN_SAMPLES, make_extractor, parse_tokenizer
 
 __all__ = ["fit_codebook"]
 

@@ -12,11 +12,11 @@ import argparse
 
 import numpy as np
 
-from .kmeans import fit_kmeans
-from .mfcc import MfccExtractor
-from .stories import generate_stories
-from .synth import DEFAULT_RATES, DEFAULT_VOICES, tts
-from .tokenizer import MFCC_CODEBOOK
+from slmscale.tokenization.kmeans import fit_kmeans
+from slmscale.tokenization.mfcc import MfccExtractor
+from slmscale.tokenization.stories import generate_stories
+from slmscale.tokenization.synth import DEFAULT_RATES, DEFAULT_VOICES, tts
+from slmscale.tokenization.tokenizer import MFCC_CODEBOOK
 
 
 def main(argv=None) -> None:
@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     frames = np.concatenate(feats)
     print(f"{len(frames)} frames ({len(frames) / 100 / 60:.1f} min of speech) from {args.stories} stories")
     cb = fit_kmeans(frames, args.k, extractor.describe(), seed=args.seed,
-                    extra={"corpus": f"tokenization.stories seed={1000 + args.seed} n={args.stories}",
+                    extra={"corpus": f"slmscale.tokenization.stories seed={1000 + args.seed} n={args.stories}",
                            "voices": list(DEFAULT_VOICES), "rates": list(DEFAULT_RATES)})
     print("wrote", cb.save(args.out), "hash", cb.hash)
 

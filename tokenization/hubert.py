@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.io import SlmscaleError
+from slmscale.errors import SlmscaleError
 
 __all__ = ["HubertExtractor", "weights_sha256", "DEFAULT_LAYER"]
 

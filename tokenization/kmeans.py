@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.io import SlmscaleError, atomic_path, atomic_write_json, code_version
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_path, atomic_write_json, code_version
 
 __all__ = ["Codebook", "load_codebook", "fit_kmeans", "import_joblib", "codebook_paths"]
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.io import SlmscaleError, atomic_path, sha256_file
-
-from .schema import REJECTS_SCHEMA
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_path, sha256_file
+from slmscale.tokenization.schema import REJECTS_SCHEMA
 
 __all__ = ["MANIFEST_SCHEMA", "AUDIO_EXTENSIONS", "build_manifest", "read_manifest", "write_manifest",
            "manifest_rows_for_files", "rejects_path_for"]

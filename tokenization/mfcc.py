@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.fft import dct, rfft
 
-from analysis.io import SlmscaleError
+from slmscale.errors import SlmscaleError
 
 __all__ = ["MfccConfig", "MfccExtractor", "mfcc_features"]
 
@@ -34,7 +34,7 @@ class MfccConfig:
     delta_window: int = 2
     cmvn: bool = True
 
-    def validate(self) -> "MfccConfig":
+    def validate(self) -> MfccConfig:
         if self.win_length > self.n_fft:
             raise SlmscaleError(f"mfcc config: field 'win_length' ({self.win_length}) must be <= n_fft ({self.n_fft})")
         if not 0 < self.f_min < self.f_max <= self.sample_rate / 2:

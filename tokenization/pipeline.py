@@ -13,7 +13,8 @@ shard is complete.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +45,7 @@ RESULT_SCHEMA = pa.schema(
 
 
 def decode_row(row: dict[str, Any], chunk_s: float, min_samples: int) -> Iterator[dict[str, Any]]:
-    from .audio import AudioReject, decode_chunks
+    from slmscale.tokenization.audio import AudioReject, decode_chunks
 
     base = {k: row.get(k) for k in _PASS}
     base["path"] = row["path"]
@@ -117,7 +118,7 @@ class UnitActor:
     The constructor applies `keep_freed_memory()` to its process (an actor's own Ray worker in `encode`)."""
 
     def __init__(self, spec, dedup: bool = True, threads: int | None = None, decode: dict | None = None):
-        from .tokenizer import UnitTokenizer
+        from slmscale.tokenization.tokenizer import UnitTokenizer
 
         self.decode = dict(decode) if decode else None
 
@@ -148,7 +149,7 @@ class UnitActor:
         }
 
     def _encoded(self, meta: dict, frame_units: np.ndarray, n_samples: int) -> dict:
-        from .dedup import collapse_runs
+        from slmscale.tokenization.dedup import collapse_runs
 
         if self.dedup:
             units, durations = collapse_runs(frame_units)

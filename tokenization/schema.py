@@ -14,14 +14,16 @@ This module is deliberately light (pyarrow only) so that `models/` can read unit
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.io import SlmscaleError, atomic_path, atomic_write_json, read_json, sha256_bytes
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_path, atomic_write_json, read_json, sha256_bytes
 
 SCHEMA_VERSION = 1
 
@@ -60,7 +62,7 @@ class UnitsMeta:
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # anything else (e.g. parent dataset provenance for unigram)
 
-    def validate(self, where: str = "meta.json") -> "UnitsMeta":
+    def validate(self, where: str = "meta.json") -> UnitsMeta:
         if not isinstance(self.vocab_size, int) or self.vocab_size <= 0 or self.vocab_size > 65535:
             raise SlmscaleError(f"{where}: field 'vocab_size' must be an int in [1, 65535], got {self.vocab_size!r}")
         if not isinstance(self.tokenizer, dict) or not self.tokenizer.get("kind") or not self.tokenizer.get("hash"):

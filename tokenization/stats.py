@@ -6,9 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from analysis.io import SlmscaleError
-
-from .schema import read_meta, shard_paths
+from slmscale.errors import SlmscaleError
+from slmscale.tokenization.schema import read_meta, shard_paths
 
 __all__ = ["unit_stats", "format_stats"]
 

@@ -17,13 +17,13 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
-from analysis.io import SlmscaleError
+from slmscale.errors import SlmscaleError
 
 __all__ = ["tts", "synthesize", "SynthItem", "DEFAULT_VOICES", "DEFAULT_RATES", "available_backend"]
 
@@ -233,7 +233,7 @@ def synthesize(
     import soxr
     from tqdm.auto import tqdm
 
-    from .manifest import manifest_rows_for_files, write_manifest
+    from slmscale.tokenization.manifest import manifest_rows_for_files, write_manifest
 
     if not voices or not rates:
         raise SlmscaleError("synthesize: expected at least one voice and one rate")

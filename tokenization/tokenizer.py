@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.io import SlmscaleError
-
-from .kmeans import Codebook, codebook_paths, load_codebook
+from slmscale.errors import SlmscaleError
+from slmscale.tokenization.kmeans import Codebook, codebook_paths, load_codebook
 
 __all__ = ["TokenizerSpec", "UnitTokenizer", "load_tokenizer", "parse_tokenizer", "make_extractor", "MFCC_CODEBOOK", "MIN_SAMPLES"]
 
@@ -35,7 +34,7 @@ class TokenizerSpec:
     kmeans: str | None = None
     device: str | None = None  # None: cuda when available
 
-    def validate(self) -> "TokenizerSpec":
+    def validate(self) -> TokenizerSpec:
         if self.kind not in ("mfcc", "hubert"):
             raise SlmscaleError(f"--tokenizer: expected 'mfcc' or 'hubert:DIR', got kind {self.kind!r}")
         if self.kind == "mfcc" and self.layer is not None:
@@ -70,10 +69,10 @@ def _check_compatible(codebook: Codebook, features: dict, where: str) -> None:
 def make_extractor(spec: TokenizerSpec):
     """The feature extractor of a spec (MfccExtractor or HubertExtractor)."""
     if spec.kind == "mfcc":
-        from .mfcc import MfccExtractor
+        from slmscale.tokenization.mfcc import MfccExtractor
 
         return MfccExtractor()
-    from .hubert import HubertExtractor
+    from slmscale.tokenization.hubert import HubertExtractor
 
     return HubertExtractor(spec.model_dir, layer=spec.layer, device=spec.device)
 

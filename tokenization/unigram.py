@@ -18,9 +18,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.io import SlmscaleError, atomic_path, atomic_write_json, code_version, read_json
-
-from .schema import UNIT_SHARD_SCHEMA, UnitsMeta, meta_hash, read_meta, shard_paths, write_meta, write_shard
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_path, atomic_write_json, code_version, read_json
+from slmscale.tokenization.schema import (
+    UNIT_SHARD_SCHEMA,
+    UnitsMeta,
+    meta_hash,
+    read_meta,
+    shard_paths,
+    write_meta,
+    write_shard,
+)
 
 __all__ = ["train_unigram", "apply_unigram", "units_to_text", "UNIT_CHAR_BASE"]
 

@@ -12,6 +12,6 @@ __all__ = ["evaluate"]
 
 def evaluate(run_dir, benchmark, *, cache_dir=None, score: str = "mean", batch_size: int = 32, **kwargs) -> dict[str, Any]:
     """Score the model in `run_dir` on `benchmark`; see `models.evaluation.evaluator.evaluate`."""
-    from .evaluator import evaluate as _evaluate
+    from slmscale.models.evaluation.evaluator import evaluate as _evaluate
 
     return _evaluate(run_dir, benchmark, cache_dir=cache_dir, score=score, batch_size=batch_size, **kwargs)

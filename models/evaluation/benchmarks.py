@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.io import SlmscaleError
+from slmscale.errors import SlmscaleError
 
 __all__ = ["Candidate", "Benchmark", "read_sblimp", "read_storycloze", "load_benchmark", "TASKS"]
 

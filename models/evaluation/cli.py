@@ -57,9 +57,8 @@ def _eval(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from analysis.io import SlmscaleError
-
-    from .evaluator import evaluate, merge_into_results
+    from slmscale.errors import SlmscaleError
+    from slmscale.models.evaluation.evaluator import evaluate, merge_into_results
 
     if args.units and len(args.benchmark) > 1:
         raise SlmscaleError("--units: give one --benchmark with it (the unit dataset belongs to one benchmark)")

@@ -24,7 +24,8 @@ import random
 import shutil
 from pathlib import Path
 
-from analysis.io import SlmscaleError, atomic_write_json, code_version
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_write_json, code_version
 
 __all__ = ["sblimp_pairs", "storycloze_questions", "ensure_embedded", "write_sblimp", "write_storycloze",
            "EMBEDDED_VOICES", "EMBEDDED_VERSION", "embedded_sentences"]
@@ -37,7 +38,7 @@ EMBEDDED_RATE = 160
 def _vocabulary():
     """The words and sentence frames of the synthetic story corpus (tokenization/stories.py): a model trained on
     that corpus has met the pattern of every pair's correct member, never the incorrect one's."""
-    from tokenization import stories
+    from slmscale.tokenization import stories
 
     return stories
 
@@ -122,7 +123,7 @@ def _write_wav(path: Path, text: str, voice: str, rate: int, sample_rate: int = 
     import soundfile as sf
     import soxr
 
-    from tokenization.synth import tts
+    from slmscale.tokenization.synth import tts
 
     wav, sr = tts(text, voice=voice, rate=rate)
     if sr != sample_rate:
@@ -174,7 +175,7 @@ def write_storycloze(out_dir: Path, questions: list[dict], voices=EMBEDDED_VOICE
 
 def ensure_embedded(kind: str, cache_dir: str | Path | None = None, seed: int = 0, progress: bool = True) -> Path:
     """The folder of embedded benchmark `kind` ('sblimp' or 'storycloze'), generated on first use."""
-    from .encoding import default_cache_dir
+    from slmscale.models.evaluation.encoding import default_cache_dir
 
     if kind not in ("sblimp", "storycloze"):
         raise SlmscaleError(f"embedded benchmark {kind!r}: expected embedded:sblimp or embedded:storycloze")
@@ -193,7 +194,7 @@ def ensure_embedded(kind: str, cache_dir: str | Path | None = None, seed: int = 
     else:
         items = storycloze_questions(seed=seed)
         write_storycloze(work, items, progress=progress)
-    from tokenization.synth import available_backend
+    from slmscale.tokenization.synth import available_backend
 
     atomic_write_json(work / "embedded.json", {
         "kind": kind, "version": EMBEDDED_VERSION, "seed": seed, "items": len(items), "voices": list(EMBEDDED_VOICES),

@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from analysis.io import SlmscaleError, atomic_write_json, code_version
-
-from .benchmarks import Benchmark
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_write_json, code_version
+from slmscale.models.evaluation.benchmarks import Benchmark
 
 __all__ = ["default_cache_dir", "tokenizer_spec", "check_units_match", "read_candidate_units", "encode_benchmark",
            "encode_in_process"]
@@ -33,7 +33,7 @@ def default_cache_dir() -> Path:
 def tokenizer_spec(run_info: dict[str, Any]) -> dict[str, Any]:
     """The tokenizer the model was trained with: the training unit dataset's meta.json `tokenizer` block (kind,
     hash, layer, k-means codebook, ...), falling back to run.json's `tokenizer` / `tokenizer_hash`."""
-    from tokenization.schema import read_meta
+    from slmscale.tokenization.schema import read_meta
 
     spec: dict[str, Any] = {}
     units_dir = run_info.get("units_dir")
@@ -58,7 +58,7 @@ def tokenizer_spec(run_info: dict[str, Any]) -> dict[str, Any]:
 
 def check_units_match(units_dir: str | Path, run_info: dict[str, Any]) -> None:
     """Refuse a unit dataset whose tokenizer is not the model's (meta.json tokenizer.hash vs run.json)."""
-    from tokenization.schema import read_meta
+    from slmscale.tokenization.schema import read_meta
 
     meta = read_meta(units_dir)
     expected = run_info.get("tokenizer_hash")
@@ -78,7 +78,7 @@ def read_candidate_units(units_dir: str | Path, bench: Benchmark) -> list[list[i
     """Unit sequences of the benchmark's candidates, in candidate order; missing utterances are named."""
     import pyarrow.parquet as pq
 
-    from tokenization.schema import read_units_table
+    from slmscale.tokenization.schema import read_units_table
 
     table = read_units_table(units_dir, columns=("utt_id", "units"))
     by_id = dict(zip(table.column("utt_id").to_pylist(), table.column("units").to_pylist()))
@@ -127,9 +127,9 @@ def encode_benchmark(bench: Benchmark, run_info: dict[str, Any], cache_dir: str 
 
 def _encode_audio(bench: Benchmark, spec: dict[str, Any], work: Path, progress: bool) -> None:
     """Audio -> units with a feature tokenizer (mfcc / hubert + k-means) into `work/units`."""
-    from tokenization.encode import encode
-    from tokenization.manifest import manifest_rows_for_files, write_manifest
-    from tokenization.tokenizer import load_tokenizer
+    from slmscale.tokenization.encode import encode
+    from slmscale.tokenization.manifest import manifest_rows_for_files, write_manifest
+    from slmscale.tokenization.tokenizer import load_tokenizer
 
     kwargs = _encode_kwargs(spec)
     # Refuse before spending compute: the tokenizer we can build here must be the one the model was trained on.
@@ -158,7 +158,7 @@ def _encode_audio(bench: Benchmark, spec: dict[str, Any], work: Path, progress: 
 def _encode_unigram(bench: Benchmark, spec: dict[str, Any], cache: Path, out: Path, progress: bool) -> None:
     """Unigram (SentencePiece over units) models: the benchmark's base units (cached under the parent tokenizer's
     hash, so they are shared with models trained on the base units) rewritten into pieces by the same model."""
-    from tokenization.unigram import apply_unigram
+    from slmscale.tokenization.unigram import apply_unigram
 
     parent, model = spec.get("parent") or {}, spec.get("spm_model")
     if not parent.get("hash") or not model:
@@ -189,9 +189,9 @@ def encode_in_process(manifest_rows: list[dict[str, Any]], out_dir: Path, *, tok
     import numpy as np
     import pyarrow as pa
 
-    from tokenization.pipeline import UnitActor
-    from tokenization.schema import REJECTS_SCHEMA, UNIT_SHARD_SCHEMA, UnitsMeta, write_meta, write_shard
-    from tokenization.tokenizer import MIN_SAMPLES, parse_tokenizer
+    from slmscale.tokenization.pipeline import UnitActor
+    from slmscale.tokenization.schema import REJECTS_SCHEMA, UNIT_SHARD_SCHEMA, UnitsMeta, write_meta, write_shard
+    from slmscale.tokenization.tokenizer import MIN_SAMPLES, parse_tokenizer
 
     actor = UnitActor(parse_tokenizer(tokenizer, layer=layer, kmeans=kmeans), dedup=dedup,
                       decode={"chunk_s": 3600.0, "min_samples": MIN_SAMPLES, "batch_size": batch_size})
@@ -211,7 +211,7 @@ def encode_in_process(manifest_rows: list[dict[str, Any]], out_dir: Path, *, tok
     meta = UnitsMeta(vocab_size=actor.tokenizer.vocab_size, tokenizer=actor.tokenizer.info(), dedup=dedup,
                      counts={"utterances": len(ok), "units": int(sum(r["n_units"] for r in ok)),
                              "rejected": len(rejects), "shards": 1},
-                     code_version=code_version(), extra={"encoded_by": "models.evaluation in-process (inside a Ray worker)"})
+                     code_version=code_version(), extra={"encoded_by": "slmscale.models.evaluation in-process (inside a Ray worker)"})
     write_meta(out_dir, meta)
     return out_dir
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from analysis.io import SlmscaleError, atomic_write_json, code_version
-
-from .benchmarks import Benchmark, load_benchmark
-from .encoding import check_units_match, encode_benchmark, read_candidate_units
-from .metrics import benchmark_metrics, convention
-from .scoring import ScoreConfig, pick_device, sequence_nll
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_write_json, code_version
+from slmscale.models.evaluation.benchmarks import Benchmark, load_benchmark
+from slmscale.models.evaluation.encoding import check_units_match, encode_benchmark, read_candidate_units
+from slmscale.models.evaluation.metrics import benchmark_metrics, convention
+from slmscale.models.evaluation.scoring import ScoreConfig, pick_device, sequence_nll
 
 __all__ = ["evaluate", "prepare_benchmark", "score_benchmark", "resolve_benchmark", "merge_into_results", "run_id_of",
            "EMBEDDED"]
@@ -32,7 +32,7 @@ def resolve_benchmark(benchmark: str | Path, cache_dir: str | Path | None = None
     """A folder in a released layout, or `embedded:sblimp` / `embedded:storycloze` (generated on first use)."""
     text = str(benchmark)
     if text.startswith("embedded:"):
-        from .embedded import ensure_embedded
+        from slmscale.models.evaluation.embedded import ensure_embedded
 
         kind = text.split(":", 1)[1]
         folder = ensure_embedded(kind, cache_dir, progress=progress)
@@ -44,7 +44,7 @@ def prepare_benchmark(benchmark: str | Path, units_dir: str | Path, *, cache_dir
                       task: str | None = None, progress: bool = True) -> Path:
     """Encode `benchmark` with the tokenizer of the training unit dataset `units_dir` into the cache, so that
     later `evaluate` calls (e.g. inside sweep trials) find its units ready. Returns the cached unit dataset."""
-    from tokenization.schema import read_meta
+    from slmscale.tokenization.schema import read_meta
 
     meta = read_meta(units_dir)
     info = {"tokenizer": meta.tokenizer.get("id"), "tokenizer_hash": meta.tokenizer_hash,
@@ -54,12 +54,12 @@ def prepare_benchmark(benchmark: str | Path, units_dir: str | Path, *, cache_dir
 
 
 def score_benchmark(model, run_info: dict[str, Any], bench: Benchmark, units: list[list[int]],
-                    config: ScoreConfig = ScoreConfig()) -> tuple[dict, dict, np.ndarray]:
+                    config: ScoreConfig | None = None) -> tuple[dict, dict, np.ndarray]:
     """(metrics, details, per-candidate NLL) of `model` on `bench` whose candidates have unit sequences `units`."""
     eos_id, pad_id = run_info.get("eos_id"), run_info.get("pad_id")
     if eos_id is None or pad_id is None:
         raise SlmscaleError("run.json: fields 'eos_id' and 'pad_id' are required to score unit sequences")
-    nll = sequence_nll(model, units, eos_id=int(eos_id), pad_id=int(pad_id), config=config)
+    nll = sequence_nll(model, units, eos_id=int(eos_id), pad_id=int(pad_id), config=config or ScoreConfig())
     metrics, details = benchmark_metrics(bench, nll)
     context = getattr(model.config, "max_position_embeddings", None)
     lengths = np.array([len(u) for u in units])
@@ -92,7 +92,7 @@ def evaluate(
     embedded:storycloze). `units_dir` uses an already-encoded unit dataset of the benchmark instead of encoding
     (its tokenizer hash must match the model's). Returns {"benchmark", "task", "metrics", "details",
     "convention", "provenance"}; `metrics` keys are results-table columns."""
-    from models.checkpoint import load_model
+    from slmscale.models.checkpoint import load_model
 
     config = ScoreConfig(score=score, batch_size=batch_size, progress=progress).validate()
     run_dir = Path(run_dir)
@@ -161,7 +161,7 @@ def merge_into_results(path: str | Path, run_id: str, metrics: dict[str, float])
     Other rows and columns are kept as they are."""
     import pandas as pd
 
-    from analysis.schema import METRIC_COLUMNS, write_results
+    from slmscale.analysis.schema import METRIC_COLUMNS, write_results
 
     path = Path(path)
     unknown = [k for k in metrics if k not in METRIC_COLUMNS]

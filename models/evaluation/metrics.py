@@ -8,14 +8,13 @@ number) the mean over phenomena. `sblimp_pair` is the flat mean over pairs.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from analysis.io import SlmscaleError
-
-from .benchmarks import Benchmark, Candidate
+from slmscale.errors import SlmscaleError
+from slmscale.models.evaluation.benchmarks import Benchmark, Candidate
 
 __all__ = ["decisions", "sblimp_metrics", "storycloze_metrics", "benchmark_metrics", "convention"]
 

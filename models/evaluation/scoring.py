@@ -12,12 +12,12 @@ float32 either way.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from analysis.io import SlmscaleError
+from slmscale.errors import SlmscaleError
 
 __all__ = ["ScoreConfig", "SCORES", "sequence_nll", "pick_device"]
 
@@ -31,7 +31,7 @@ class ScoreConfig:
     bf16: bool | None = None  # None: bf16 autocast on CUDA devices that support it
     progress: bool = True
 
-    def validate(self) -> "ScoreConfig":
+    def validate(self) -> ScoreConfig:
         if self.score not in SCORES:
             raise SlmscaleError(f"score: expected one of {list(SCORES)}, got {self.score!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

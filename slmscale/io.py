@@ -1,7 +1,7 @@
 """Small I/O helpers every stage uses: atomic writes, checksums, code version.
 
-`analysis` is the leaf package of slmscale (it imports none of the other three), so the
-helpers that all stages share live here and the other packages import them.
+Part of the `slmscale` core, which imports no stage: every stage (tokenization, models, sweep, analysis)
+may import it.
 """
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from slmscale.errors import SlmscaleError
 
 __all__ = [
     "atomic_path",
@@ -23,16 +26,11 @@ __all__ = [
     "sha256_file",
     "sha256_bytes",
     "code_version",
-    "SlmscaleError",
 ]
 
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask once (os.umask can only be read by setting it)
-
-
-class SlmscaleError(Exception):
-    """An error caused by user input (a file, a field, a flag). The CLI prints it without a traceback."""
 
 
 @contextlib.contextmanager

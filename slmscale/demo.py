@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from analysis.io import SlmscaleError, atomic_write_json
+from slmscale.errors import SlmscaleError
+from slmscale.io import atomic_write_json
 
 __all__ = ["DemoScale", "SCALES", "run_demo", "register"]
 
@@ -71,7 +72,7 @@ def _done(start: float, what: str) -> None:
 
 def demo_grid(scale: DemoScale, units: Path, evals: list[dict[str, str]]):
     """The sweep's grid spec for this scale (the same object `slmscale sweep launch GRID.yaml` builds)."""
-    from .grid import grid_from_dict
+    from slmscale.sweep.grid import grid_from_dict
 
     raw = {
         "name": "demo",
@@ -95,7 +96,7 @@ def demo_grid(scale: DemoScale, units: Path, evals: list[dict[str, str]]):
 
 
 def _sweep(scale: DemoScale, units: Path, evals: list[dict[str, str]], storage: Path, address: str | None) -> dict:
-    from .launch import SWEEP_FILE, launch, resume
+    from slmscale.sweep.launch import SWEEP_FILE, launch, resume
 
     if (storage / SWEEP_FILE).is_file():
         print("      resuming the sweep of an earlier run (finished trials are kept)", flush=True)
@@ -121,12 +122,12 @@ def build_demo_report(results: Path, out_dir: Path, *, units_dir: Path, sweep_di
     """The demo's report: data statistics and training curves, then everything `slmscale report` writes
     (trial table, fit with CIs, isoFLOPs, N_opt/D_opt vs compute next to the paper's presets, downstream
     laws, provenance)."""
-    from analysis.plots import plot_training_curves
-    from analysis.optimal import compute_optimal
-    from analysis.report import Report, build_report
-    from analysis.schema import read_results
-    from tokenization.schema import meta_hash, read_meta
-    from tokenization.stats import unit_stats
+    from slmscale.analysis.optimal import compute_optimal
+    from slmscale.analysis.plots import plot_training_curves
+    from slmscale.analysis.report import Report, build_report
+    from slmscale.analysis.schema import read_results
+    from slmscale.tokenization.schema import meta_hash, read_meta
+    from slmscale.tokenization.stats import unit_stats
 
     df = read_results(results)
     meta = read_meta(units_dir)
@@ -156,7 +157,7 @@ def build_demo_report(results: Path, out_dir: Path, *, units_dir: Path, sweep_di
     fit = summary["fit"]
     print(f"      fit: E={fit['E']:.3f} A={fit['A']:.3g} B={fit['B']:.3g} alpha={fit['alpha']:.3f} "
           f"beta={fit['beta']:.3f}", flush=True)
-    from analysis.params import ScalingParams
+    from slmscale.analysis.params import ScalingParams
 
     params = ScalingParams(**{k: fit[k] for k in ("E", "A", "B", "alpha", "beta")})
     if not params.has_optimum:
@@ -171,9 +172,9 @@ def build_demo_report(results: Path, out_dir: Path, *, units_dir: Path, sweep_di
 def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small", *, address: str | None = None,
              stories: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run every stage of the study into `out_dir`; returns a summary (also written to OUT/summary.json)."""
-    from tokenization.encode import encode
-    from tokenization.stories import story_items
-    from tokenization.synth import synthesize
+    from slmscale.tokenization.encode import encode
+    from slmscale.tokenization.stories import story_items
+    from slmscale.tokenization.synth import synthesize
 
     if isinstance(scale, str):
         if scale not in SCALES:
@@ -197,7 +198,7 @@ def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small",
     _done(t, f"manifest {manifest}")
 
     t = _stage(2, "tokenize", "Ray Data: decode -> 16 kHz -> MFCC -> k-means units -> dedup -> Parquet shards")
-    from tokenization.ray_utils import ensure_ray
+    from slmscale.ray_utils import ensure_ray
 
     ensure_ray(address)
     meta = encode(manifest, "mfcc", out / "units", progress=progress)
@@ -207,7 +208,7 @@ def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small",
     evals: list[dict[str, str]] = []
     if scale.eval:
         t = _stage(3, "benchmarks", "embedded sBLIMP-style minimal pairs and spoken StoryCloze, same tokenizer")
-        from models.evaluation.evaluator import prepare_benchmark
+        from slmscale.models.evaluation.evaluator import prepare_benchmark
 
         for bench in ("embedded:sblimp", "embedded:storycloze"):
             units = prepare_benchmark(bench, out / "units", cache_dir=cache, progress=progress)
@@ -227,7 +228,7 @@ def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small",
     _done(t, f"{summary['finished']} trials finished")
 
     t = _stage(5, "results", "one row per trial, with provenance")
-    from .results import write_sweep_results
+    from slmscale.sweep.results import write_sweep_results
 
     results = write_sweep_results(out / "sweep", out / "results.parquet", allow_partial=False)
     _done(t, str(results))

@@ -10,19 +10,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from analysis.io import SlmscaleError
+from slmscale.errors import SlmscaleError
 
 # Modules that contribute subcommands, in the order of the data path:
 # audio manifest -> unit shards -> trained models -> sweep trials -> results table -> fit.
 REGISTRARS = (
-    "tokenization.cli",  # slmscale tokenize ...
-    "models.cli",  # slmscale models, slmscale train
-    "models.evaluation.cli",  # slmscale eval
-    "sweep.commands",  # slmscale sweep ...
-    "sweep.demo",  # slmscale demo
-    "analysis.cli",  # slmscale fit, optimal, downstream, report
+    "slmscale.tokenization.cli",  # slmscale tokenize ...
+    "slmscale.models.cli",  # slmscale models, slmscale train
+    "slmscale.models.evaluation.cli",  # slmscale eval
+    "slmscale.sweep.commands",  # slmscale sweep ...
+    "slmscale.demo",  # slmscale demo
+    "slmscale.analysis.cli",  # slmscale fit, optimal, downstream, report
 )
 
 DESCRIPTION = """\
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from analysis.io import code_version
+        from slmscale.io import code_version
 
         print(code_version())
         return 0

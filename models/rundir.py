@@ -1,0 +1,85 @@
+"""The training run directory: the one owner of its layout (models -> sweep, evaluation).
+
+    RUN_DIR/
+      config.json        the TrainConfig (resuming with a different config is refused)
+      run.json           provenance: model + HF config, n_params, seed, tokenizer (id, hash), units, code version
+      metrics.jsonl      one JSON object per report
+      checkpoints/step-NNNNNNN/   see models/checkpoint.py
+      model/             final weights (LlamaForCausalLM.save_pretrained, safetensors)
+      data/<key>/        packed train/val/test streams (unless TrainConfig.data_cache moves them)
+      final.json         test/val loss and throughput of the finished run
+      results.parquet    the run's row of the results table
+
+Every other module names these files through `RunDir`, never as string literals, so the layout has one home.
+Files that a sweep adds to a run directory (row.json, attempt.json, ...) are described in sweep/storage.py.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmscale.io import read_json
+
+__all__ = ["RunDir"]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one training run directory. Cheap to build; touches the file system only when asked."""
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def run_info(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def final(self) -> Path:
+        return self.path / "final.json"
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.parquet"
+
+    @property
+    def model(self) -> Path:
+        """The finished run's weights, loadable with `LlamaForCausalLM.from_pretrained`."""
+        return self.path / "model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def data(self) -> Path:
+        """Default home of the packed train/val/test streams."""
+        return self.path / "data"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:07d}"
+
+    def is_finished(self) -> bool:
+        """final.json and the final model are both written (final.json last, so its presence is the marker)."""
+        return self.final.is_file() and (self.model / "config.json").is_file()
+
+    def read_run_info(self) -> dict[str, Any]:
+        return read_json(self.run_info, what="run provenance (run.json)")
+
+    def read_final(self) -> dict[str, Any]:
+        return read_json(self.final, what="final metrics (final.json)")

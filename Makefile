@@ -11,11 +11,12 @@ STAMP  := $(VENV)/.slmscale-installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: install test test-all demo bench bench-gpu clean help
+.PHONY: install lint test test-all demo bench bench-gpu clean help
 
 help:
 	@echo "make demo      run the whole pipeline end to end on the embedded default (writes demo_out/)"
-	@echo "make test      run the test suite (fast + default layers; 'make test-all' adds slow tests)"
+	@echo "make test      the hygiene gate (ruff, import layering), then the test suite ('make test-all' adds slow tests)"
+	@echo "make lint      the hygiene gate alone: ruff check, and import-linter's layering contracts (.importlinter)"
 	@echo "make bench     run the benchmarks in benchmarks/ (prints side-by-side ratios)"
 	@echo "make bench-gpu on a CUDA machine: the CUDA tests, then HuBERT real-time factor and training MFU"
 	@echo "make install   create $(VENV) and install slmscale with its dev extras"
@@ -29,11 +30,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+# ruff (style, bugs, the ban on bare `import models` & co.), then import-linter's contracts, which need the
+# sources in their installed layout (see tests/test_hygiene.py), then the tests of the gate itself.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_hygiene.py
 
-test-all: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: lint
+	$(PY) -m pytest -m "not slow" --deselect tests/test_hygiene.py $(PYTEST_ARGS)
+
+test-all: lint
+	$(PY) -m pytest --deselect tests/test_hygiene.py $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/slmscale demo $(DEMO_ARGS)
@@ -50,4 +57,4 @@ bench-gpu: $(STAMP)
 	$(PY) benchmarks/bench_train.py --skip-cpu
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache build .import_linter_cache

@@ -97,6 +97,8 @@ def code_version() -> str:
     except Exception:  # running from a source tree without installation
         base = "0+unknown"
     root = Path(__file__).resolve().parent.parent
+    if not (root / "slmscale" / "__init__.py").is_file() or not (root / "pyproject.toml").is_file():
+        return f"slmscale {base}"  # an installed copy (site-packages): no checkout to ask git about
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],

@@ -11,10 +11,11 @@ Curvature: the Gauss–Newton matrix with iteratively-reweighted-least-squares w
 which majorises the Huber loss (ψ(r)/r = 1 inside ±δ, δ/|r| outside) and is always positive semi-definite.
 An exact Newton Hessian would be indefinite in Huber's linear region (almost every residual at δ = 1e-3)
 and force heavy damping; the IRLS matrix converges in far fewer iterations. Per iteration every start
-solves (H + λ·s·I) Δ = −g (a batched 5×5 Cholesky) and keeps the step only if its objective drops;
-λ shrinks after a success and grows after a failure (Levenberg–Marquardt). Jacobians come from forward-mode autodiff (torch.func.jvp), one
-pass per parameter (or an analytic Jacobian when the residual function provides one), so any
-differentiable residual function works.
+solves (H + λ·s·I) Δ = −g (a batched p×p Cholesky, `torch.linalg.cholesky_ex`) and keeps the step only if
+its objective drops; λ shrinks after a success and grows after a failure (Levenberg–Marquardt).
+Jacobians come from forward-mode autodiff (`forward_jacobian`: `torch.autograd.forward_ad` dual numbers),
+one pass per parameter, or from the residual function's own analytic `jacobian(theta)` when it has one,
+so any differentiable residual function works.
 """
 from __future__ import annotations
 

@@ -24,9 +24,9 @@ import numpy as np
 
 from slmscale.errors import SlmscaleError
 from slmscale.io import atomic_write_json, read_json
+from slmscale.models.rundir import RunDir
 
 __all__ = [
-    "checkpoint_dir",
     "list_checkpoints",
     "latest_checkpoint",
     "write_checkpoint",
@@ -37,22 +37,14 @@ __all__ = [
     "load_model",
 ]
 
-CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 IDENTITY_KEYS = ("model", "n_params", "vocab_size", "context")
 
 
-def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"step-{step:07d}"
-
-
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step-*") if (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    """Complete checkpoints (trainer_state.json is written last), oldest first."""
+    rd = RunDir(run_dir)
+    return [rd.checkpoint(s) for s in rd.checkpoint_steps() if (rd.checkpoint(s) / TRAINER_STATE).is_file()]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -61,7 +53,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def clean_stale_tmp(run_dir: str | Path) -> None:
-    root = Path(run_dir) / CHECKPOINTS
+    root = RunDir(run_dir).checkpoints
     if root.is_dir():
         for p in root.glob(".tmp-*"):
             shutil.rmtree(p, ignore_errors=True)
@@ -102,7 +94,7 @@ def write_checkpoint(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the training bar
-    final = checkpoint_dir(run_dir, step)
+    final = RunDir(run_dir).checkpoint(step)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -184,11 +176,10 @@ def load_model(run_dir: str | Path, device: str = "cpu"):
     run has not finished. `run_info` is run.json plus `model_dir`, `step` and `finished`."""
     from transformers import LlamaForCausalLM
 
-    run_dir = Path(run_dir)
-    info = read_json(run_dir / "run.json", what="run provenance (run.json)")
-    final = run_dir / "model"
-    if (final / "config.json").is_file():
-        model_dir, step, finished = final, info.get("total_steps"), True
+    rd = RunDir(run_dir)
+    info = rd.read_run_info()
+    if rd.has_model():
+        model_dir, step, finished = rd.model, info.get("total_steps"), True
     else:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:

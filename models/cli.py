@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 TRAIN_DESCRIPTION = """\
 Train one Llama-style model of the ladder on a unit dataset (one point of a scaling curve).
@@ -37,6 +38,70 @@ def _int_tokens(text: str) -> int:
     return int(value)
 
 
+# TrainConfig fields whose flag is not the generated `--field-name`: renames, aliases, metavars, custom parsers.
+# Everything else (type, choices, default, help) comes from the field itself (models/config.py).
+_FLAGS: dict[str, dict[str, Any]] = {
+    "units_dir": {"flags": ("--units",), "metavar": "DIR"},
+    "model": {"metavar": "NAME"},
+    "tokens": {"metavar": "D", "type": _int_tokens},
+    "out_dir": {"flags": ("-o", "--out"), "metavar": "RUN_DIR"},
+    "unique_tokens": {"metavar": "U", "type": _int_tokens},
+    "tokens_per_update": {"metavar": "T", "type": _int_tokens},
+    "checkpoint_every": {"metavar": "K"},
+    "eval_tokens": {"type": _int_tokens},
+    "test_tokens": {"type": _int_tokens},
+    "data_cache": {"metavar": "DIR"},
+    "attn_implementation": {"flags": ("--attn",)},
+}
+GIVEN = "given_fields"  # namespace attribute: the TrainConfig fields set on the command line
+
+
+class _SetField(argparse.Action):
+    """Store a TrainConfig field and record that the command line set it (with --resume, only those override
+    the saved config). With `nargs=0` it is a flag: `const` maps each option string to the value it stores."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const[option_string] if self.nargs == 0 else values)
+        setattr(namespace, GIVEN, {*getattr(namespace, GIVEN, ()), self.dest})
+
+
+def train_flags(name: str) -> tuple[str, ...]:
+    """The option strings of TrainConfig field `name` (a bool field defaulting to True: its `--no-` flag)."""
+    from slmscale.models.config import TrainConfig
+
+    if name in _FLAGS and "flags" in _FLAGS[name]:
+        return _FLAGS[name]["flags"]
+    flag = name.replace("_", "-")
+    return (f"--no-{flag}",) if TrainConfig.model_fields[name].default is True else (f"--{flag}",)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field: type, choices, default and help from the schema."""
+    from slmscale.models.config import TrainConfig, field_type
+
+    for name, info in TrainConfig.model_fields.items():
+        base, choices, _ = field_type(name)
+        flags, extra = train_flags(name), _FLAGS.get(name, {})
+        text = info.description.replace("%", "%%")
+        if info.is_required():
+            parser.add_argument(*flags, dest=name, action=_SetField, default=argparse.SUPPRESS,
+                                type=extra.get("type", base), metavar=extra.get("metavar"),
+                                help=f"{text} (required unless --resume)")
+        elif base is bool and info.default is True:  # --no-FLAG turns it off
+            parser.add_argument(*flags, dest=name, action=_SetField, nargs=0, const={flags[0]: False}, default=True,
+                                help=f"{text}; {flags[0]} turns it off (default: %(default)s)")
+        elif base is bool:  # default False: --FLAG turns it on; default None (auto): --FLAG / --no-FLAG
+            values = {flags[0]: True, **({f"--no-{flags[0][2:]}": False} if info.default is None else {})}
+            parser.add_argument(*values, dest=name, action=_SetField, nargs=0, const=values, default=info.default,
+                                help=text)
+        else:
+            parser.add_argument(*flags, dest=name, action=_SetField, default=info.default, choices=choices,
+                                type=extra.get("type", base), metavar=extra.get("metavar"), help=text)
+        if name == "out_dir":  # after the four fields a new run needs
+            parser.add_argument("--resume", metavar="RUN_DIR", default=argparse.SUPPRESS,
+                                help="continue the run in RUN_DIR with its saved config")
+
+
 def register(sub, formatter_class) -> None:
     p = sub.add_parser(
         "models", help="list the model ladder (paper Table 1 + tiny sizes)", formatter_class=formatter_class,
@@ -50,54 +115,11 @@ def register(sub, formatter_class) -> None:
 
     t = sub.add_parser("train", help="train one model on a unit dataset (resumable)", formatter_class=formatter_class,
                        description=TRAIN_DESCRIPTION)
-    t.add_argument("--units", metavar="DIR", default=argparse.SUPPRESS, help="unit dataset directory (required unless --resume)")
-    t.add_argument("--model", metavar="NAME", default=argparse.SUPPRESS, help="ladder size: 20M 85M 155M 309M 823M tiny-100K tiny-300K tiny-1M tiny-3M tiny-6M")
-    t.add_argument("--tokens", type=_int_tokens, metavar="D", default=argparse.SUPPRESS, help="token budget D (rounded down to whole updates)")
-    t.add_argument("-o", "--out", metavar="RUN_DIR", default=argparse.SUPPRESS, help="run directory to create or continue")
-    t.add_argument("--resume", metavar="RUN_DIR", default=argparse.SUPPRESS, help="continue the run in RUN_DIR with its saved config")
-    t.add_argument("--unique-tokens", type=_int_tokens, metavar="U", help="cap on distinct training tokens (D/U epochs); default: all", default=argparse.SUPPRESS)
-    t.add_argument("--tokens-per-update", type=_int_tokens, metavar="T", help="tokens per optimizer update; default: the paper's for the size", default=argparse.SUPPRESS)
-    t.add_argument("--micro-batch", type=int, help="sequences per forward pass per worker (memory only); default: the size's", default=argparse.SUPPRESS)
-    t.add_argument("--context", type=int, help="sequence length; default: the size's (paper 2050)", default=argparse.SUPPRESS)
-    t.add_argument("--workers", type=int, help="Ray Train workers (>1: DDP on Ray); default 1", default=argparse.SUPPRESS)
-    t.add_argument("--gpus-per-worker", type=float, help="GPUs per worker; default: 1 when CUDA is present, else 0", default=argparse.SUPPRESS)
-    t.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per Ray Train worker; default 1", default=argparse.SUPPRESS)
-    t.add_argument("--parallel", choices=("ddp", "fsdp"), help="Ray Train strategy; default ddp", default=argparse.SUPPRESS)
-    t.add_argument("--use-ray", action="store_true", help="use Ray Train TorchTrainer even for one worker", default=argparse.SUPPRESS)
-    t.add_argument("--checkpoint-every", type=int, metavar="K", help="updates between checkpoints; default ~10 per run", default=argparse.SUPPRESS)
-    t.add_argument("--report-every", type=int, help="updates between reports; default ~50 per run", default=argparse.SUPPRESS)
-    t.add_argument("--eval-every", type=int, help="updates between validation losses; default = --report-every", default=argparse.SUPPRESS)
-    t.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept on disk; default 2", default=argparse.SUPPRESS)
-    t.add_argument("--eval-tokens", type=_int_tokens, help="validation tokens per evaluation; default 262,144", default=argparse.SUPPRESS)
-    t.add_argument("--test-tokens", type=_int_tokens, help="held-out tokens for the final test loss; default 4,194,304", default=argparse.SUPPRESS)
-    t.add_argument("--data-cache", metavar="DIR", help="cache of packed splits (share one across a sweep); default RUN_DIR/data", default=argparse.SUPPRESS)
-    t.add_argument("--seed", type=int, help="seed of initial weights and data order; default 0", default=argparse.SUPPRESS)
-    t.add_argument("--lr", type=float, help="peak learning rate; default 5e-4", default=argparse.SUPPRESS)
-    t.add_argument("--min-lr", type=float, help="final learning rate of the cosine; default 5e-5", default=argparse.SUPPRESS)
-    t.add_argument("--warmup-steps", type=int, help="linear warmup updates; default 1%% of the updates", default=argparse.SUPPRESS)
-    t.add_argument("--val-fraction", type=float, help="fraction of utterances (by utt_id hash) for validation; default 0.02", default=argparse.SUPPRESS)
-    t.add_argument("--test-fraction", type=float, help="fraction of utterances for the test loss; default 0.02", default=argparse.SUPPRESS)
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="one-worker device; default auto", default=argparse.SUPPRESS)
-    t.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="auto: bf16 autocast on CUDA", default=argparse.SUPPRESS)
-    t.add_argument("--compile", dest="compile", action="store_true", help="torch.compile (default: on CUDA)", default=argparse.SUPPRESS)
-    t.add_argument("--no-compile", dest="compile", action="store_false", help="never torch.compile", default=argparse.SUPPRESS)
-    t.add_argument("--attn", dest="attn_implementation", choices=("auto", "sdpa", "eager", "flash_attention_2"),
-                   help="attention kernel; auto: flash_attention_2 when installed on CUDA, else SDPA", default=argparse.SUPPRESS)
-    t.add_argument("--peak-tflops", type=float, help="device peak for MFU when the built-in table does not know it", default=argparse.SUPPRESS)
-    t.add_argument("--threads", type=int, help="torch CPU threads", default=argparse.SUPPRESS)
-    t.add_argument("--max-failures", type=int, help="Ray Train restarts of a failed worker group; default 0", default=argparse.SUPPRESS)
-    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar", default=argparse.SUPPRESS)
+    _add_config_flags(t)
     t.add_argument("--plan", action="store_true",
                    help="print the exact schedule (updates, tokens, accumulation, warmup, FLOPs) and exit without training")
     t.add_argument("--json", action="store_true", help="print the results row as JSON")
     t.set_defaults(handler=_train)
-
-
-# argparse dest -> TrainConfig field, for options that map one to one
-_FIELDS = ("unique_tokens", "tokens_per_update", "micro_batch", "context", "workers", "gpus_per_worker",
-           "cpus_per_worker", "parallel", "use_ray", "checkpoint_every", "keep_checkpoints", "eval_tokens", "test_tokens", "data_cache", "report_every", "eval_every", "seed", "lr",
-           "min_lr", "warmup_steps", "val_fraction", "test_fraction", "device", "precision", "compile",
-           "attn_implementation", "peak_tflops", "threads", "max_failures", "progress")
 
 
 def _models(args) -> int:
@@ -118,25 +140,25 @@ def _models(args) -> int:
 
 def _train(args) -> int:
     from slmscale.errors import SlmscaleError
+    from slmscale.models.rundir import RunDir
     from slmscale.models.train import TrainConfig, train
 
-    for name in ("units", "model", "tokens", "out", "resume"):
-        setattr(args, name, getattr(args, name, None))
-    overrides = {k: getattr(args, k) for k in _FIELDS if getattr(args, k, None) is not None}
-    if not overrides.get("use_ray"):
-        overrides.pop("use_ray", None)
-    if args.resume:
-        if args.units or args.model or args.tokens:
+    given = getattr(args, GIVEN, set())
+    resume = getattr(args, "resume", None)
+    if resume:
+        if given & {"units_dir", "model", "tokens"}:
             raise SlmscaleError("--resume continues a run with its saved config; drop --units/--model/--tokens")
-        cfg = TrainConfig.load(args.resume)
-        cfg.out_dir = args.resume
-        for k, v in overrides.items():
-            setattr(cfg, k, v)
+        cfg = TrainConfig.load(resume)
+        cfg.out_dir = resume
+        for name in sorted(given - {"out_dir"}):
+            setattr(cfg, name, getattr(args, name))
     else:
-        missing = [f"--{n}" for n, v in (("units", args.units), ("model", args.model), ("tokens", args.tokens), ("out", args.out)) if not v]
+        fields = {name: getattr(args, name) for name in TrainConfig.field_names() if hasattr(args, name)}
+        required = [name for name, info in TrainConfig.model_fields.items() if info.is_required()]
+        missing = [train_flags(name)[-1] for name in required if not fields.get(name)]
         if missing:
             raise SlmscaleError(f"train: missing {', '.join(missing)} (or use --resume RUN_DIR)")
-        cfg = TrainConfig(units_dir=args.units, model=args.model, out_dir=args.out, tokens=args.tokens, **overrides)
+        cfg = TrainConfig(**fields)
     if args.plan:
         from slmscale.models.config import make_plan
         from slmscale.tokenization.schema import read_meta
@@ -150,5 +172,5 @@ def _train(args) -> int:
     else:
         print(f"{row['run_id']}: model {row['model']} ({int(row['n_params']):,} params), {int(row['tokens']):,} tokens "
               f"({row['epochs']:.2f} epochs), test loss {row['loss']:.4f}, val loss {row['val_loss']:.4f}, "
-              f"{row['tokens_per_s']:.0f} tokens/s -> {cfg.out_dir}/results.parquet")
+              f"{row['tokens_per_s']:.0f} tokens/s -> {RunDir(cfg.out_dir).results}")
     return 0

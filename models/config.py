@@ -1,21 +1,28 @@
-"""`TrainConfig` (one training run) and `RunPlan` (the exact numbers derived from it before any compute)."""
+"""`TrainConfig` (one training run) and `RunPlan` (the exact numbers derived from it before any compute).
+
+`TrainConfig` is the one schema of a run's settings: field types, defaults, constraints and a description per
+field live here, and `slmscale train`'s flags are generated from it (models/cli.py).
+"""
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass, fields
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmscale.errors import SlmscaleError
-from slmscale.models.ladder import count_params, flops_per_token, get_size, lm_vocab_size
+from slmscale.io import read_json
+from slmscale.models.ladder import LADDER, count_params, flops_per_token, get_size, lm_vocab_size
+from slmscale.models.rundir import RunDir
 
-__all__ = ["TrainConfig", "RunPlan", "make_plan", "RESUME_MAY_CHANGE"]
+__all__ = ["TrainConfig", "RunPlan", "make_plan", "RESUME_MAY_CHANGE", "field_type", "expected_value"]
 
-PARALLEL = ("ddp", "fsdp")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp32")
-ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
+Parallel = Literal["ddp", "fsdp"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "bf16", "fp32"]
+Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 
 # Fields that may differ when a run is resumed: they change where/how fast it runs, not what it computes.
 RESUME_MAY_CHANGE = frozenset(
@@ -25,140 +32,200 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
-@dataclass
-class TrainConfig:
+def _path_to_str(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+# A path given as str or os.PathLike, stored as str (config.json stays plain JSON).
+PathStr = Annotated[str, BeforeValidator(_path_to_str)]
+
+
+def _count(default: int | None, description: str) -> Any:
+    """An optional positive integer (None: what the description names)."""
+    return Field(default, gt=0, description=description)
+
+
+class TrainConfig(BaseModel):
     """One training run. Defaults are the paper's (AdamW 0.9/0.95, wd 0.1, peak LR 5e-4 cosine to 5e-5,
-    clip 1.0, tokens per update per model size); every field can be overridden."""
+    clip 1.0, tokens per update per model size); every field can be overridden.
 
-    units_dir: str  # unit dataset (tokenization/schema.py layout)
-    model: str  # ladder size, e.g. "20M" or "tiny-1M" (models/ladder.py)
-    out_dir: str  # RUN_DIR
-    tokens: int  # token budget D (rounded down to whole updates; the exact count is recorded)
-    unique_tokens: int | None = None  # cap U on distinct training tokens: D / U epochs over them
-    tokens_per_update: int | None = None  # default: the size's (paper: 131,200 for 20M); multiple of context
-    micro_batch: int | None = None  # sequences per forward pass per worker (memory knob only)
-    context: int | None = None  # sequence length; default the size's (paper 2050)
-    lr: float = 5e-4
-    min_lr: float = 5e-5
-    warmup_steps: int | None = None  # default: 1% of the updates (at least 1)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    seed: int = 0
-    val_fraction: float = 0.02  # of utterances (by utt_id hash)
-    test_fraction: float = 0.02
-    eval_tokens: int | None = 262_144  # validation tokens per evaluation (None: all)
-    test_tokens: int | None = 4_194_304  # test tokens for the final loss (None: all)
-    report_every: int | None = None  # updates between reports; default ~50 reports per run
-    eval_every: int | None = None  # updates between validation losses; default = report_every
-    checkpoint_every: int | None = None  # updates between checkpoints; default ~10 per run (and the last)
-    keep_checkpoints: int = 2
-    workers: int = 1  # > 1 runs Ray Train TorchTrainer with DDP
-    gpus_per_worker: float | None = None  # None: 1 if this machine has CUDA else 0
-    cpus_per_worker: float = 1.0
-    use_ray: bool = False  # run through TorchTrainer even for one worker
-    max_failures: int = 0  # Ray Train restarts of a failed worker group (each resumes from the last checkpoint)
-    parallel: str = "ddp"  # "ddp" or "fsdp" (large models, Ray path)
-    device: str = "auto"  # in-process path: auto = cuda when available
-    precision: str = "auto"  # auto = bf16 autocast on CUDA (fp32 master weights), fp32 on CPU
-    compile: bool | None = None  # torch.compile; None = on CUDA only
-    attn_implementation: str = "auto"  # auto = flash_attention_2 if installed on CUDA, else sdpa
-    peak_tflops: float | None = None  # device peak for MFU when the table does not know the device
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    data_cache: str | None = None  # where packed splits are cached (None: RUN_DIR/data); a sweep may share one
-    progress: bool = True  # tqdm progress bar
+    Keyword construction validates every field (SlmscaleError naming the field); attribute assignment does
+    not, `validate()` checks the current values again."""
 
-    def validate(self) -> TrainConfig:
-        def bad(field: str, expected: str):
-            raise SlmscaleError(f"train config: field '{field}' = {getattr(self, field)!r}, expected {expected}")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-        get_size(self.model)
-        if not self.units_dir:
-            bad("units_dir", "a unit dataset directory")
-        if not self.out_dir:
-            bad("out_dir", "a run directory")
-        for name in ("tokens",):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                bad(name, "a positive integer number of tokens")
-        for name in ("unique_tokens", "tokens_per_update", "micro_batch", "context", "report_every", "eval_every",
-                     "checkpoint_every", "eval_tokens", "test_tokens", "threads"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v <= 0):
-                bad(name, "a positive integer or None")
-        if self.context is not None and self.context < 2:
-            bad("context", "at least 2 tokens")
-        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
-            bad("warmup_steps", "a non-negative integer or None")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            bad("lr", "a positive learning rate")
-        if not (0 <= self.min_lr <= self.lr):
-            bad("min_lr", f"in [0, lr={self.lr}]")
-        if self.weight_decay < 0:
-            bad("weight_decay", ">= 0")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                bad(name, "in [0, 1)")
-        if not self.grad_clip > 0:
-            bad("grad_clip", "> 0")
-        for name in ("val_fraction", "test_fraction"):
-            if not 0 < getattr(self, name) < 0.5:
-                bad(name, "in (0, 0.5)")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            bad("workers", "an integer >= 1")
-        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
-            bad("gpus_per_worker", ">= 0 or None")
-        if not isinstance(self.max_failures, int) or self.max_failures < -1:
-            bad("max_failures", "an integer >= -1 (-1: retry forever)")
-        if self.cpus_per_worker <= 0:
-            bad("cpus_per_worker", "> 0")
-        if self.keep_checkpoints < 1:
-            bad("keep_checkpoints", ">= 1")
-        if self.parallel not in PARALLEL:
-            bad("parallel", f"one of {PARALLEL}")
-        if self.device not in DEVICES:
-            bad("device", f"one of {DEVICES}")
-        if self.precision not in PRECISIONS:
-            bad("precision", f"one of {PRECISIONS}")
-        if self.attn_implementation not in ATTENTION:
-            bad("attn_implementation", f"one of {ATTENTION}")
-        if self.peak_tflops is not None and self.peak_tflops <= 0:
-            bad("peak_tflops", "> 0")
+    units_dir: PathStr = Field(min_length=1, description="unit dataset directory (tokenization/schema.py layout)")
+    model: str = Field(description=f"ladder size (models/ladder.py): {' '.join(LADDER)}")
+    tokens: int = Field(gt=0, description="token budget D (rounded down to whole updates; the exact count is "
+                                          "recorded)")
+    out_dir: PathStr = Field(min_length=1, description="run directory (RUN_DIR) to create or continue")
+    unique_tokens: int | None = _count(None, "cap U on distinct training tokens: D/U epochs over them; "
+                                             "None: all the training data")
+    tokens_per_update: int | None = _count(None, "tokens per optimizer update, a multiple of the context; "
+                                                 "None: the size's (paper: 131,200 for 20M)")
+    micro_batch: int | None = _count(None, "sequences per forward pass per worker (memory only, not the maths); "
+                                           "None: the size's")
+    context: int | None = Field(None, ge=2, description="sequence length in tokens; None: the size's (paper: 2050)")
+    lr: float = Field(5e-4, gt=0, description="peak learning rate")
+    min_lr: float = Field(5e-5, ge=0, description="final learning rate of the cosine (at most lr)")
+    warmup_steps: int | None = Field(None, ge=0, description="linear warmup updates; None: 1% of the updates "
+                                                             "(at least 1)")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices; none on RMSNorm gains)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")
+    grad_clip: float = Field(1.0, gt=0, description="gradient-norm clipping threshold")
+    seed: int = Field(0, ge=0, description="seed of the initial weights, the data order and the splits' shuffle")
+    val_fraction: float = Field(0.02, gt=0, lt=0.5, description="fraction of utterances (by utt_id hash) held "
+                                                                "out for validation")
+    test_fraction: float = Field(0.02, gt=0, lt=0.5, description="fraction of utterances (by utt_id hash) held "
+                                                                 "out for the final test loss")
+    eval_tokens: int | None = _count(262_144, "validation tokens per evaluation; None: all")
+    test_tokens: int | None = _count(4_194_304, "held-out tokens for the final test loss; None: all")
+    report_every: int | None = _count(None, "updates between reports (metrics.jsonl); None: ~50 reports per run")
+    eval_every: int | None = _count(None, "updates between validation losses; None: = report_every")
+    checkpoint_every: int | None = _count(None, "updates between checkpoints (and the last update); "
+                                                "None: ~10 per run")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    workers: int = Field(1, ge=1, description="Ray Train workers; > 1 runs a TorchTrainer with DDP (or FSDP)")
+    gpus_per_worker: float | None = Field(None, ge=0, description="GPUs per worker; None: 1 when this machine "
+                                                                  "has CUDA, else 0")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker")
+    use_ray: bool = Field(False, description="run through Ray Train's TorchTrainer even for one worker")
+    max_failures: int = Field(0, ge=-1, description="Ray Train restarts of a failed worker group (each resumes "
+                                                    "from the last checkpoint); -1: retry forever")
+    parallel: Parallel = Field("ddp", description="Ray Train strategy: ddp, or fsdp (large models; GPUs, Ray path)")
+    device: Device = Field("auto", description="device of the one-worker, in-process path; auto: cuda when "
+                                               "available")
+    precision: Precision = Field("auto", description="training precision; auto: bf16 autocast on CUDA (fp32 "
+                                                     "master weights), fp32 on CPU")
+    compile: bool | None = Field(None, description="torch.compile the model: true, false, or None: on CUDA only")
+    attn_implementation: Attention = Field("auto", description="attention kernel; auto: flash_attention_2 when "
+                                                               "installed on CUDA, else SDPA")
+    peak_tflops: float | None = Field(None, gt=0, description="device peak TFLOP/s for MFU when the built-in "
+                                                              "table does not know the device")
+    threads: int | None = _count(None, "torch CPU threads; None: torch's default")
+    data_cache: PathStr | None = Field(None, description="where packed splits are cached (a sweep may share one); "
+                                                         "None: RUN_DIR/data")
+    progress: bool = Field(True, description="show a tqdm progress bar")
+
+    def __init__(self, /, **fields: Any) -> None:
+        try:
+            super().__init__(**fields)
+        except ValidationError as exc:
+            raise SlmscaleError(_explain(exc, "train config")) from None
+
+    @field_validator("model")
+    @classmethod
+    def check_model_size(cls, name: str) -> str:
+        try:
+            get_size(name)
+        except SlmscaleError:
+            raise ValueError(f"unknown model size, expected one of {list(LADDER)}") from None
+        return name
+
+    @model_validator(mode="after")
+    def check_cross_field(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"field 'min_lr' = {self.min_lr!r}, expected in [0, lr={self.lr}]")
+        return self
+
+    def validate(self) -> TrainConfig:  # type: ignore[override]
+        """Check the current values (after attribute assignments) against the schema; returns self."""
+        checked = type(self)(**{name: getattr(self, name) for name in type(self).model_fields})
+        for name in type(self).model_fields:
+            object.__setattr__(self, name, getattr(checked, name))
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-able dict, one key per field (the content of RUN_DIR/config.json)."""
+        return {k: _path_to_str(v) for k, v in self.model_dump().items()}
 
     @classmethod
     def field_names(cls) -> frozenset[str]:
         """Names of every field (what a grid's `train:` section may set)."""
-        return frozenset(f.name for f in fields(cls))
+        return frozenset(cls.model_fields)
 
     def data_cache_dir(self) -> Path:
-        return Path(self.data_cache) if self.data_cache else Path(self.out_dir) / "data"
+        return Path(self.data_cache) if self.data_cache else RunDir(self.out_dir).data
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config.json") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
+        """Validate `raw` (e.g. a loaded config.json); errors name `where` and the field."""
+        if not isinstance(raw, dict):
+            raise SlmscaleError(f"{where}: expected a mapping of TrainConfig fields, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - cls.field_names())
         if unknown:
             raise SlmscaleError(f"{where}: unknown field(s) {unknown}")
         try:
-            return cls(**raw)
-        except TypeError as exc:
-            raise SlmscaleError(f"{where}: {exc}") from None
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise SlmscaleError(_explain(exc, where)) from None
 
     @classmethod
     def load(cls, run_dir: str | Path) -> TrainConfig:
-        path = Path(run_dir) / "config.json"
+        path = RunDir(run_dir).config
         if not path.is_file():
             raise SlmscaleError(f"{run_dir}: no config.json — not a training run directory")
-        return cls.from_dict(json.loads(path.read_text()), str(path))
+        return cls.from_dict(read_json(path, what="train config"), str(path))
 
     def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Fields that differ and would change what the run computes."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in RESUME_MAY_CHANGE and a[k] != b[k]}
+
+
+def field_type(name: str) -> tuple[type, tuple[Any, ...] | None, bool]:
+    """(base type, choices or None, whether None is allowed) of a TrainConfig field."""
+    annotation = TrainConfig.model_fields[name].annotation
+    nullable = False
+    if get_origin(annotation) in (Union, type(int | None)):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        nullable, annotation = True, args[0]
+    if get_origin(annotation) is Annotated:  # e.g. PathStr
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) is Literal:
+        return str, get_args(annotation), nullable
+    return annotation, None, nullable
+
+
+def expected_value(name: str) -> str:
+    """What field `name` accepts, in words, from its type and constraints (for error messages)."""
+    base, choices, nullable = field_type(name)
+    info = TrainConfig.model_fields[name]
+    if choices is not None:
+        text = f"one of {choices}"
+    else:
+        nonempty = any(getattr(m, "min_length", 0) for m in info.metadata)
+        text = {int: "an integer", float: "a finite number", bool: "true or false"}.get(
+            base, "a non-empty string" if nonempty else "a string")
+        bounds = {key: getattr(m, key) for m in info.metadata for key in ("gt", "ge", "lt", "le") if hasattr(m, key)}
+        low = (f"({bounds['gt']}" if "gt" in bounds else f"[{bounds['ge']}" if "ge" in bounds else None)
+        high = (f"{bounds['lt']})" if "lt" in bounds else f"{bounds['le']}]" if "le" in bounds else None)
+        if low and high:
+            text += f" in {low}, {high}"
+        elif low:
+            text += f" {'>' if low[0] == '(' else '>='} {low[1:]}"
+        elif high:
+            text += f" {'<' if high[-1] == ')' else '<='} {high[:-1]}"
+    return f"{text} or None" if nullable else text
+
+
+def _explain(exc: ValidationError, where: str) -> str:
+    """One line per pydantic error: `<where>: field '<name>' = <value>, expected <what>`."""
+    parts = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else None
+        if name is None:  # a cross-field rule: its message names the field
+            parts.append(str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"])
+        elif err["type"] == "extra_forbidden":
+            parts.append(f"unknown field '{name}', expected one of the TrainConfig fields")
+        elif err["type"] == "missing":
+            parts.append(f"field '{name}' is required, expected {expected_value(name)}")
+        elif err["type"] == "value_error":
+            parts.append(f"field '{name}' = {err['input']!r}: {err['ctx']['error']}")
+        else:
+            parts.append(f"field '{name}' = {err['input']!r}, expected {expected_value(name)}")
+    return f"{where}: " + "; ".join(parts)
 
 
 @dataclass(frozen=True)

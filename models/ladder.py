@@ -42,10 +42,6 @@ class ModelSize:
     tokens_per_update: int  # paper's tokens per optimizer update (a multiple of `context`)
     micro_batch: int  # sequences per forward pass per worker (memory knob; no effect on the maths)
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
 
 def _paper_ffn(d: int) -> int:
     """FFN hidden = 256 * ceil(int(8 d / 3) / 256), as in the authors' code."""

@@ -1,4 +1,6 @@
-"""The training loop of one worker, read top to bottom: data, model, optimizer, resume, updates, reports.
+"""The training loop of one worker: build (data, model, optimizer, scheduler), resume from the newest checkpoint,
+updates with reports and checkpoints, finish (test loss, final model, final.json). `run_worker` reads as that list;
+each step is a method of `_Worker`, and `models.throughput.ThroughputMeter` times the updates.
 
 `run_worker` is used unchanged by the in-process path (one worker, no process group) and by every Ray Train
 worker (DDP/FSDP process group set up by TorchTrainer). Rank 0 writes checkpoints, metrics.jsonl, model/ and
@@ -22,11 +24,11 @@ from slmscale.models import checkpoint as ckpt_io
 from slmscale.models.config import RunPlan, TrainConfig
 from slmscale.models.data import SequenceSampler, cached_unit_streams, eval_sequences
 from slmscale.models.ladder import build_model
-from slmscale.models.throughput import device_peak_flops, mfu
+from slmscale.models.rundir import RunDir
+from slmscale.models.throughput import ThroughputMeter, device_peak_flops, mfu
 
-__all__ = ["WorkerContext", "WarmupCosine", "run_worker", "FINAL_JSON"]
+__all__ = ["WorkerContext", "WarmupCosine", "run_worker"]
 
-FINAL_JSON = "final.json"
 ReportFn = Callable[[dict, "str | None"], None]
 
 
@@ -166,200 +168,243 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | None:
-    """Train (or resume) to the end of the plan; returns the final metrics on rank 0 (None elsewhere)."""
-    import torch
-    import torch.nn.functional as F
+class _Worker:
+    """One worker's run: built once (data, model, optimizer, scheduler), then driven by `run_worker` through
+    `resume`, `update`, `record` and `finish`."""
 
-    cfg, plan = TrainConfig(**cfg_dict), RunPlan(**plan_dict)
-    run_dir = Path(cfg.out_dir)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device(ctx.device)
-    rt = _resolve_runtime(cfg, device)
-    fsdp = cfg.parallel == "fsdp" and ctx.ray
+    def __init__(self, cfg: TrainConfig, plan: RunPlan, ctx: WorkerContext):
+        import torch
 
-    from slmscale.tokenization.schema import meta_hash
+        from slmscale.tokenization.schema import meta_hash
 
-    streams = cached_unit_streams(cfg.units_dir, cfg.data_cache_dir(), cfg.val_fraction, cfg.test_fraction, cfg.seed,
-                                  meta_hash(cfg.units_dir))
-    sampler = SequenceSampler(streams.train, plan.context, cfg.seed, cfg.unique_tokens)
-    val_ids, val_mask = eval_sequences(streams.val, plan.context, cfg.eval_tokens, streams.pad_id)
+        self.cfg, self.plan, self.ctx = cfg, plan, ctx
+        self.run_dir = RunDir(cfg.out_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = torch.device(ctx.device)
+        self.rt = _resolve_runtime(cfg, self.device)
+        self.fsdp = cfg.parallel == "fsdp" and ctx.ray
+        self.peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else device_peak_flops(self.device)
 
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every fresh start
-    unwrapped = build_model(cfg.model, plan.n_units, plan.context, attn_implementation=rt["attn"])
-    if not ctx.ray:
-        unwrapped.to(device)  # (on Ray, prepare_model moves it to the worker's device)
-    model = unwrapped
-    if rt["compile"]:
-        model = torch.compile(model)
-    if ctx.ray:
-        import ray.train.torch
+        self.streams = cached_unit_streams(cfg.units_dir, cfg.data_cache_dir(), cfg.val_fraction, cfg.test_fraction,
+                                           cfg.seed, meta_hash(cfg.units_dir))
+        self.sampler = SequenceSampler(self.streams.train, plan.context, cfg.seed, cfg.unique_tokens)
+        self.val_ids, self.val_mask = eval_sequences(self.streams.val, plan.context, cfg.eval_tokens,
+                                                     self.streams.pad_id)
 
-        model = ray.train.torch.prepare_model(model, parallel_strategy=cfg.parallel,
-                                              parallel_strategy_kwargs=_fsdp_kwargs() if fsdp else None)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every fresh start
+        self.unwrapped = build_model(cfg.model, plan.n_units, plan.context, attn_implementation=self.rt["attn"])
+        if not ctx.ray:
+            self.unwrapped.to(self.device)  # (on Ray, prepare_model moves it to the worker's device)
+        model = self.unwrapped
+        if self.rt["compile"]:
+            model = torch.compile(model)
+        if ctx.ray:
+            import ray.train.torch
 
-    optimizer = torch.optim.AdamW(
-        _param_groups(unwrapped if not fsdp else model, cfg.weight_decay),
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=rt["fused_adamw"] or None,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(plan.warmup_steps, plan.total_steps, cfg.min_lr / cfg.lr)
-    )
-    identity = {"model": plan.model, "n_params": plan.n_params, "vocab_size": plan.vocab_size, "context": plan.context}
+            model = ray.train.torch.prepare_model(model, parallel_strategy=cfg.parallel,
+                                                  parallel_strategy_kwargs=_fsdp_kwargs() if self.fsdp else None)
+        self.model = model
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.unwrapped if not self.fsdp else model, cfg.weight_decay),
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.rt["fused_adamw"] or None,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupCosine(plan.warmup_steps, plan.total_steps, cfg.min_lr / cfg.lr)
+        )
+        self.identity = {"model": plan.model, "n_params": plan.n_params, "vocab_size": plan.vocab_size,
+                         "context": plan.context}
+        self.loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)  # train loss since the last report
 
-    start_step = 0
-    latest = ckpt_io.latest_checkpoint(run_dir)
-    if latest is not None:
-        loaded = ckpt_io.read_checkpoint(latest, identity)
-        _set_state(model, unwrapped, optimizer, loaded, latest, fsdp)
-        scheduler.load_state_dict(loaded["scheduler_state"])
-        ckpt_io.restore_rng(loaded)
-        start_step = int(loaded["trainer_state"]["step"])
-        del loaded
-    if ctx.rank == 0:
-        ckpt_io.clean_stale_tmp(run_dir)
-        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+    def resume(self) -> int:
+        """Load the newest checkpoint, if any (weights, optimizer, scheduler, RNG); returns the updates done.
+        Rank 0 also removes half-written checkpoints and the metrics.jsonl lines after the checkpoint."""
+        start_step = 0
+        latest = ckpt_io.latest_checkpoint(self.run_dir.path)
+        if latest is not None:
+            loaded = ckpt_io.read_checkpoint(latest, self.identity)
+            _set_state(self.model, self.unwrapped, self.optimizer, loaded, latest, self.fsdp)
+            self.scheduler.load_state_dict(loaded["scheduler_state"])
+            ckpt_io.restore_rng(loaded)
+            start_step = int(loaded["trainer_state"]["step"])
+            del loaded
+        if self.ctx.rank == 0:
+            ckpt_io.clean_stale_tmp(self.run_dir.path)
+            _truncate_metrics(self.run_dir.metrics, start_step)
+        return start_step
 
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else device_peak_flops(device)
-    pbar = None
-    if ctx.rank == 0 and cfg.progress:
-        from tqdm.auto import tqdm
+    def update(self, step: int) -> float:
+        """Optimizer update `step` (1-based): this worker's micro-batches of it with gradient accumulation, clipping,
+        AdamW and scheduler steps; the loss is added to `loss_sum`. Returns the learning rate the update used."""
+        import torch
+        import torch.nn.functional as F
 
-        pbar = tqdm(total=plan.total_steps, initial=start_step, desc=f"train {cfg.model}", unit="update")
-
-    model.train()
-    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-    n_in_interval, interval_time, session_time, session_tokens = 0, 0.0, 0.0, 0
-    first_interval: tuple[int, float] | None = None
-    last_val = float("nan")
-    for step in range(start_step + 1, plan.total_steps + 1):
-        t0 = time.perf_counter()
-        base = (step - 1) * plan.seqs_per_update + ctx.rank * plan.seqs_per_worker
+        plan, model, device = self.plan, self.model, self.device
+        base = (step - 1) * plan.seqs_per_update + self.ctx.rank * plan.seqs_per_worker
         for micro in range(plan.grad_accum):
-            x = torch.from_numpy(sampler.batch(base + micro * plan.micro_batch, plan.micro_batch))
+            x = torch.from_numpy(self.sampler.batch(base + micro * plan.micro_batch, plan.micro_batch))
             x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
             sync = micro == plan.grad_accum - 1 or not hasattr(model, "no_sync")
             with model.no_sync() if not sync else contextlib.nullcontext():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=rt["bf16"]):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.rt["bf16"]):
                     logits = model(input_ids=x, use_cache=False).logits
                 loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten()) / plan.grad_accum
                 loss.backward()
-            loss_sum += loss.detach()
-        if fsdp:
-            model.clip_grad_norm_(cfg.grad_clip)
+            self.loss_sum += loss.detach()
+        if self.fsdp:
+            model.clip_grad_norm_(self.cfg.grad_clip)
         else:
-            torch.nn.utils.clip_grad_norm_(unwrapped.parameters(), cfg.grad_clip)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        n_in_interval += 1
+            torch.nn.utils.clip_grad_norm_(self.unwrapped.parameters(), self.cfg.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr
 
-        is_last = step == plan.total_steps
-        is_ckpt = step % plan.checkpoint_every == 0 or is_last
-        if not (step % plan.report_every == 0 or is_ckpt):
-            dt = time.perf_counter() - t0
-            interval_time += dt
-            if pbar:
-                pbar.update(1)
-            continue
-        train_loss = float(_all_reduce_sum(loss_sum.clone(), ctx)) / (n_in_interval * ctx.world_size)
-        dt = time.perf_counter() - t0  # .item() above waited for the device
-        interval_time += dt
-        interval_tokens = n_in_interval * plan.tokens_per_update
-        tps = interval_tokens / interval_time if interval_time > 0 else float("nan")
-        # Session throughput leaves out the first interval (compilation, allocator warm-up) when there are others.
-        if first_interval is None:
-            first_interval = (interval_tokens, interval_time)
-        else:
-            session_tokens += interval_tokens
-            session_time += interval_time
-        if step % plan.eval_every == 0 or is_last:
-            last_val = _eval_loss(model, val_ids, val_mask, plan.micro_batch, ctx, rt["bf16"])
+    def take_loss_sum(self) -> float:
+        """Summed train loss of every worker since the last call (waits for the device), then reset to 0."""
+        total = float(_all_reduce_sum(self.loss_sum.clone(), self.ctx))
+        self.loss_sum.zero_()
+        return total
+
+    def val_loss(self) -> float:
+        return _eval_loss(self.model, self.val_ids, self.val_mask, self.plan.micro_batch, self.ctx, self.rt["bf16"])
+
+    def metrics(self, step: int, train_loss: float, val_loss: float | None, lr: float, tokens_per_s: float) -> dict:
+        """One report (a metrics.jsonl line)."""
+        plan = self.plan
         tokens_seen = step * plan.tokens_per_update
-        metrics = {
+        return {
             "step": step,
             "tokens": tokens_seen,
-            "epochs": tokens_seen / sampler.unique_tokens,
+            "epochs": tokens_seen / self.sampler.unique_tokens,
             "train_loss": train_loss,
-            "val_loss": last_val if step % plan.eval_every == 0 or is_last else None,
+            "val_loss": val_loss,
             "lr": lr,
             "flops_6nd": plan.flops_per_token_6n * tokens_seen,
             "flops_exact": plan.flops_per_token * tokens_seen,
-            "tokens_per_s": tps,
-            "mfu": mfu(plan.flops_per_token, tps, peak, ctx.world_size),
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu(plan.flops_per_token, tokens_per_s, self.peak, self.ctx.world_size),
             "time": time.time(),
         }
-        loss_sum.zero_()
-        n_in_interval, interval_time = 0, 0.0
 
-        ckpt_path = None
-        if ctx.rank == 0:
-            with open(run_dir / "metrics.jsonl", "a") as f:  # before the checkpoint: see _truncate_metrics
+    def record(self, step: int, metrics: dict, checkpoint: bool) -> None:
+        """Append the report to metrics.jsonl (rank 0), write a checkpoint if asked, then report to Ray Train or to
+        the in-process callback with the checkpoint's path (`metrics["checkpoint_dir"]`, None without one)."""
+        if self.ctx.rank == 0:
+            with open(self.run_dir.metrics, "a") as f:  # before the checkpoint: see _truncate_metrics
                 f.write(json.dumps(_strict_json(metrics)) + "\n")
-        if is_ckpt:
-            model_state, optim_state = _gather_state(model, unwrapped, optimizer, fsdp)
-            if ctx.rank == 0:
-                trainer_state = {
-                    **identity,
-                    "step": step,
-                    "tokens_seen": tokens_seen,
-                    "sequences_read": step * plan.seqs_per_update,
-                    "epochs": tokens_seen / sampler.unique_tokens,
-                    "seed": cfg.seed,
-                    "code_version": code_version(),
-                }
-                ckpt_path = str(ckpt_io.write_checkpoint(
-                    run_dir, step, unwrapped, model_state, optim_state, scheduler.state_dict(), trainer_state
-                ))
-                ckpt_io.prune_checkpoints(run_dir, cfg.keep_checkpoints)
-            del model_state, optim_state
+        ckpt_path = self.save_checkpoint(step) if checkpoint else None
         metrics["checkpoint_dir"] = ckpt_path
-        if ctx.ray:
+        if self.ctx.ray:
             # Ray Train v2 holds one pending report per worker and drains it every ~2 s, so reporting every
             # update would stall training: Ray (and Tune through it) hears about checkpoints and the end;
             # every report still goes to metrics.jsonl.
-            if is_ckpt:
+            if checkpoint:
                 import ray.train
 
                 ray.train.report(metrics)
-        elif ctx.report is not None:
-            ctx.report(metrics, ckpt_path)
+        elif self.ctx.report is not None:
+            self.ctx.report(metrics, ckpt_path)
+
+    def save_checkpoint(self, step: int) -> str | None:
+        """Gather the full state (every rank takes part); rank 0 writes checkpoints/step-N and prunes old ones.
+        Returns the checkpoint's path on rank 0, None elsewhere."""
+        plan = self.plan
+        model_state, optim_state = _gather_state(self.model, self.unwrapped, self.optimizer, self.fsdp)
+        if self.ctx.rank != 0:
+            return None
+        tokens_seen = step * plan.tokens_per_update
+        trainer_state = {
+            **self.identity,
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "sequences_read": step * plan.seqs_per_update,
+            "epochs": tokens_seen / self.sampler.unique_tokens,
+            "seed": self.cfg.seed,
+            "code_version": code_version(),
+        }
+        path = ckpt_io.write_checkpoint(self.run_dir.path, step, self.unwrapped, model_state, optim_state,
+                                        self.scheduler.state_dict(), trainer_state)
+        ckpt_io.prune_checkpoints(self.run_dir.path, self.cfg.keep_checkpoints)
+        return str(path)
+
+    def finish(self, last_val: float, tokens_per_s: float) -> dict | None:
+        """Test loss (and the validation loss if this session evaluated none), then on rank 0 the final model
+        (model/) and final.json, written last. Returns final.json's content on rank 0, None elsewhere."""
+        import torch
+
+        plan, ctx = self.plan, self.ctx
+        test_ids, test_mask = eval_sequences(self.streams.test, plan.context, self.cfg.test_tokens, self.streams.pad_id)
+        test_loss = _eval_loss(self.model, test_ids, test_mask, plan.micro_batch, ctx, self.rt["bf16"])
+        if last_val != last_val:  # resumed after the last report: nothing evaluated in this session
+            last_val = self.val_loss()
+        model_state = _gather_state(self.model, self.unwrapped, self.optimizer, self.fsdp)[0] if self.fsdp else None
+        if ctx.rank != 0:
+            return None
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.unwrapped.save_pretrained(self.run_dir.model, state_dict=model_state, safe_serialization=True)
+        final = {
+            "test_loss": test_loss,
+            "val_loss": last_val,
+            "tokens": plan.tokens,
+            "unique_tokens": self.sampler.unique_tokens,
+            "epochs": plan.tokens / self.sampler.unique_tokens,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu(plan.flops_per_token, tokens_per_s, self.peak, ctx.world_size),
+            "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
+            "runtime": self.rt,
+            "split_utterances": self.streams.utterances,
+        }
+        atomic_write_json(self.run_dir.final, final)
+        return final
+
+
+def _progress_bar(cfg: TrainConfig, plan: RunPlan, ctx: WorkerContext, start_step: int):
+    """tqdm bar of the updates on rank 0 (None when off or on other ranks)."""
+    if ctx.rank != 0 or not cfg.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=plan.total_steps, initial=start_step, desc=f"train {cfg.model}", unit="update")
+
+
+def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | None:
+    """Train (or resume) to the end of the plan; returns the final metrics on rank 0 (None elsewhere).
+
+    Every update is timed (training only: reports, evaluations and checkpoints are not); a report after every
+    `report_every` updates and at every checkpoint, a validation loss every `eval_every` updates and at the end."""
+    cfg, plan = TrainConfig(**cfg_dict), RunPlan(**plan_dict)
+    worker = _Worker(cfg, plan, ctx)
+    start_step = worker.resume()
+    meter = ThroughputMeter(plan.tokens_per_update)
+    pbar = _progress_bar(cfg, plan, ctx, start_step)
+    last_val = float("nan")
+    worker.model.train()
+    for step in range(start_step + 1, plan.total_steps + 1):
+        t0 = time.perf_counter()
+        lr = worker.update(step)
+        is_last = step == plan.total_steps
+        is_ckpt = step % plan.checkpoint_every == 0 or is_last
+        if not (step % plan.report_every == 0 or is_ckpt):
+            meter.add(time.perf_counter() - t0)
+            if pbar:
+                pbar.update(1)
+            continue
+        loss_sum = worker.take_loss_sum()  # waits for the device, so the update's time below is complete
+        meter.add(time.perf_counter() - t0)
+        train_loss = loss_sum / (meter.updates * ctx.world_size)
+        tokens_per_s = meter.end_interval()
+        evaluated = step % plan.eval_every == 0 or is_last
+        if evaluated:
+            last_val = worker.val_loss()
+        worker.record(step, worker.metrics(step, train_loss, last_val if evaluated else None, lr, tokens_per_s),
+                      checkpoint=is_ckpt)
         if pbar:
             pbar.update(1)
             pbar.set_postfix(loss=f"{train_loss:.3f}", val=f"{last_val:.3f}")
     if pbar:
         pbar.close()
-
-    test_ids, test_mask = eval_sequences(streams.test, plan.context, cfg.test_tokens, streams.pad_id)
-    test_loss = _eval_loss(model, test_ids, test_mask, plan.micro_batch, ctx, rt["bf16"])
-    if last_val != last_val:  # resumed after the last report: nothing evaluated in this session
-        last_val = _eval_loss(model, val_ids, val_mask, plan.micro_batch, ctx, rt["bf16"])
-    if fsdp:
-        model_state, _ = _gather_state(model, unwrapped, optimizer, fsdp)
-    else:
-        model_state = None
-    if ctx.rank != 0:
-        return None
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    unwrapped.save_pretrained(run_dir / "model", state_dict=model_state, safe_serialization=True)
-    if session_time == 0 and first_interval is not None:
-        session_tokens, session_time = first_interval
-    session_tps = session_tokens / session_time if session_time > 0 else float("nan")
-    final = {
-        "test_loss": test_loss,
-        "val_loss": last_val,
-        "tokens": plan.tokens,
-        "unique_tokens": sampler.unique_tokens,
-        "epochs": plan.tokens / sampler.unique_tokens,
-        "tokens_per_s": session_tps,
-        "mfu": mfu(plan.flops_per_token, session_tps, peak, ctx.world_size),
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "runtime": rt,
-        "split_utterances": streams.utterances,
-    }
-    atomic_write_json(run_dir / FINAL_JSON, final)
-    return final
+    return worker.finish(last_val, meter.session_rate())

@@ -9,6 +9,7 @@
       data/<key>/        packed train/val/test streams (unless TrainConfig.data_cache moves them)
       final.json         test/val loss and throughput of the finished run
       results.parquet    the run's row of the results table
+      eval/<name>.json   one benchmark result each (models/evaluation)
 
 Every other module names these files through `RunDir`, never as string literals, so the layout has one home.
 Files that a sweep adds to a run directory (row.json, attempt.json, ...) are described in sweep/storage.py.
@@ -23,6 +24,8 @@ from typing import Any
 from slmscale.io import read_json
 
 __all__ = ["RunDir"]
+
+_STEP_PREFIX = "step-"
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,31 @@ class RunDir:
         """Default home of the packed train/val/test streams."""
         return self.path / "data"
 
+    @property
+    def evals(self) -> Path:
+        """Evaluation results, one JSON file per benchmark (see `eval_result`)."""
+        return self.path / "eval"
+
+    def eval_result(self, name: str) -> Path:
+        return self.evals / f"{name}.json"
+
     def checkpoint(self, step: int) -> Path:
-        return self.checkpoints / f"step-{step:07d}"
+        return self.checkpoints / f"{_STEP_PREFIX}{step:07d}"
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the `checkpoints/step-N` folders present, ascending (complete or not: see models/checkpoint.py)."""
+        if not self.checkpoints.is_dir():
+            return []
+        names = (p.name[len(_STEP_PREFIX):] for p in self.checkpoints.glob(f"{_STEP_PREFIX}*") if p.is_dir())
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def has_model(self) -> bool:
+        """The final model is written (its Hugging Face config.json is saved with the weights)."""
+        return (self.model / "config.json").is_file()
 
     def is_finished(self) -> bool:
         """final.json and the final model are both written (final.json last, so its presence is the marker)."""
-        return self.final.is_file() and (self.model / "config.json").is_file()
+        return self.final.is_file() and self.has_model()
 
     def read_run_info(self) -> dict[str, Any]:
         return read_json(self.run_info, what="run provenance (run.json)")

@@ -18,15 +18,16 @@ import pandas as pd
 
 from slmscale.analysis.schema import write_results
 from slmscale.errors import SlmscaleError
-from slmscale.io import atomic_write_json, code_version, read_json
+from slmscale.io import atomic_write_json, code_version
 from slmscale.models.checkpoint import check_identity, latest_checkpoint
 from slmscale.models.config import RunPlan, TrainConfig, make_plan
 from slmscale.models.data import SequenceSampler, cached_unit_streams
 from slmscale.models.ladder import llama_config
-from slmscale.models.loop import FINAL_JSON, WorkerContext, run_worker
+from slmscale.models.loop import WorkerContext, run_worker
+from slmscale.models.rundir import RunDir
 from slmscale.tokenization.schema import UnitsMeta, meta_hash, read_meta
 
-__all__ = ["TrainConfig", "RunPlan", "train", "prepare_run", "results_row", "resume"]
+__all__ = ["TrainConfig", "RunPlan", "train", "prepare_run", "results_row"]
 
 ReportFn = Callable[[dict, "str | None"], None]
 
@@ -42,7 +43,7 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
     Raises SlmscaleError for a bad config, a missing/empty unit dataset, unit ids >= K, a budget smaller than
     one update, a unique-token cap the data cannot supply, or a RUN_DIR made by a different config."""
     cfg.validate()
-    run_dir = Path(cfg.out_dir)
+    rd = RunDir(cfg.out_dir)
     if cfg.parallel == "fsdp":
         import torch
 
@@ -57,27 +58,27 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
     plan = make_plan(cfg, meta.vocab_size)
     units_hash = meta_hash(cfg.units_dir)
 
-    if (run_dir / "config.json").is_file():
-        previous = TrainConfig.load(run_dir)
+    if rd.config.is_file():
+        previous = TrainConfig.load(rd.path)
         diff = previous.differences(cfg)
         if diff:
             detail = "; ".join(f"{k}: run has {a!r}, given {b!r}" for k, (a, b) in diff.items())
-            raise SlmscaleError(f"{run_dir}/config.json: resuming with a different config is refused ({detail})")
-    if (run_dir / "run.json").is_file():
-        info = read_json(run_dir / "run.json", what="run.json")
+            raise SlmscaleError(f"{rd.config}: resuming with a different config is refused ({detail})")
+    if rd.run_info.is_file():
+        info = rd.read_run_info()
         if info.get("units_meta_hash") != units_hash:
             raise SlmscaleError(
                 f"{cfg.units_dir}/meta.json: this unit dataset (hash {units_hash[:12]}) is not the one the run in "
-                f"{run_dir} was started on ({str(info.get('units_meta_hash'))[:12]}); expected the same units"
+                f"{rd.path} was started on ({str(info.get('units_meta_hash'))[:12]}); expected the same units"
             )
 
-    latest = latest_checkpoint(run_dir)
+    latest = latest_checkpoint(rd.path)
     if latest is not None:  # e.g. checkpoints copied in from a run of another size
         check_identity(latest, {"model": cfg.model, "n_params": plan.n_params, "vocab_size": plan.vocab_size,
                                 "context": plan.context})
 
     # Data checks (cheap next to training): ids in range, every split non-empty, U available.
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rd.path.mkdir(parents=True, exist_ok=True)
     streams = cached_unit_streams(cfg.units_dir, cfg.data_cache_dir(), cfg.val_fraction, cfg.test_fraction, cfg.seed, units_hash)
     sampler = SequenceSampler(streams.train, plan.context, cfg.seed, cfg.unique_tokens)
 
@@ -101,10 +102,9 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
         "split_utterances": streams.utterances,
         "code_version": code_version(),
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    if not (run_dir / "run.json").is_file():
-        atomic_write_json(run_dir / "run.json", info)
+    atomic_write_json(rd.config, cfg.to_dict())
+    if not rd.run_info.is_file():
+        atomic_write_json(rd.run_info, info)
     return plan, info
 
 
@@ -136,10 +136,6 @@ def results_row(cfg: TrainConfig, plan: RunPlan, info: dict[str, Any], final: di
     }
 
 
-def _finished(run_dir: Path) -> bool:
-    return (run_dir / FINAL_JSON).is_file() and (run_dir / "model" / "config.json").is_file()
-
-
 def train(cfg: TrainConfig, report: ReportFn | None = None, *, ray_callbacks: list | None = None) -> dict[str, Any]:
     """Train (or resume, or just read back) one run; returns its results row (also written to results.parquet).
 
@@ -149,29 +145,17 @@ def train(cfg: TrainConfig, report: ReportFn | None = None, *, ray_callbacks: li
     (`ray.tune.integration.ray_train.TuneReportCallback`), and `ray_callbacks` adds further Train v2
     `UserCallback`s."""
     plan, info = prepare_run(cfg)
-    run_dir = Path(cfg.out_dir)
-    if not _finished(run_dir):
+    rd = RunDir(cfg.out_dir)
+    if not rd.is_finished():
         if cfg.workers > 1 or cfg.use_ray:
             from slmscale.models.ray_train import run_torch_trainer
 
             run_torch_trainer(cfg, plan, report=report, callbacks=ray_callbacks)
         else:
             run_worker(cfg.to_dict(), plan.to_dict(), WorkerContext(device=_local_device(cfg), report=report))
-    final = read_json(run_dir / FINAL_JSON, what="final metrics")
-    row = results_row(cfg, plan, read_json(run_dir / "run.json"), final)
-    write_results(pd.DataFrame([row]), run_dir / "results.parquet")
+    row = results_row(cfg, plan, rd.read_run_info(), rd.read_final())
+    write_results(pd.DataFrame([row]), rd.results)
     return row
-
-
-def resume(run_dir: str | Path, report: ReportFn | None = None, **overrides: Any) -> dict[str, Any]:
-    """Continue the run in `run_dir` with its saved config (`overrides` may only change how it runs,
-    e.g. workers or device)."""
-    cfg = TrainConfig.load(run_dir)
-    cfg.out_dir = str(run_dir)
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(cfg, k, v)
-    return train(cfg, report)
 
 
 def _local_device(cfg: TrainConfig) -> str:

@@ -43,3 +43,59 @@ def test_train_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert rc == 2 and "smaller than one optimizer update" in err and "Traceback" not in err
     assert main(["train", "--units", str(units)]) == 2
     assert "missing --model, --tokens, --out" in capsys.readouterr().err
+
+
+def _train_parser():
+    import argparse
+
+    from slmscale.models import cli as models_cli
+
+    sub = argparse.ArgumentParser(prog="slmscale").add_subparsers()
+    models_cli.register(sub, argparse.ArgumentDefaultsHelpFormatter)
+    return sub.choices["train"]
+
+
+def test_train_flags_are_generated_from_the_config_schema():
+    """Every TrainConfig field has a flag whose default and help text come from the schema (models/config.py)."""
+    import argparse
+
+    from slmscale.models.cli import GIVEN
+    from slmscale.models.config import TrainConfig
+
+    parser = _train_parser()
+    help_text = " ".join(parser.format_help().split())
+    dests = {a.dest for a in parser._actions}
+    for name, info in TrainConfig.model_fields.items():
+        assert name in dests, f"no flag for TrainConfig.{name}"
+        expected = argparse.SUPPRESS if info.is_required() else info.default
+        assert parser.get_default(name) == expected, name
+        assert " ".join(info.description.split()) in help_text, name
+    # renames and aliases of the explicit table; the bool forms follow the field's default
+    for flags in ("--units DIR", "-o RUN_DIR, --out RUN_DIR", "--attn {auto,sdpa,eager,flash_attention_2}",
+                  "--use-ray", "--compile, --no-compile", "--no-progress", "--tokens D", "--resume RUN_DIR"):
+        assert f" {flags} " in help_text, flags
+
+    # Nothing but the required fields given: the parser's defaults make exactly TrainConfig's defaults.
+    args = parser.parse_args(["--units", "u", "--model", "tiny-100K", "--tokens", "1.5k", "-o", "o"])
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
+    assert TrainConfig(**fields) == TrainConfig(units_dir="u", model="tiny-100K", tokens=1500, out_dir="o")
+    assert getattr(args, GIVEN) == {"units_dir", "model", "tokens", "out_dir"}
+
+    # With --resume only the flags given override the saved config (a flag set to its default still counts).
+    args = parser.parse_args(["--resume", "r", "--no-compile", "--workers", "1", "--eval-tokens", "2M",
+                              "--grad-clip", "0.5", "--no-progress"])
+    assert getattr(args, GIVEN) == {"compile", "workers", "eval_tokens", "grad_clip", "progress"}
+    assert (args.compile, args.workers, args.eval_tokens, args.grad_clip, args.progress) == (False, 1, 2_000_000, 0.5, False)
+
+
+def test_train_bad_field_value_names_the_field(tmp_path, capsys):
+    units = write_pattern_units(tmp_path / "u", n_units=30, n_utterances=200, seed=6)
+    base = ["train", "--units", str(units), "--model", "tiny-100K", "--tokens", "2k", "-o", str(tmp_path / "r")]
+    assert main(base + ["--beta1", "1.5", "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert "field 'beta1' = 1.5, expected a finite number in [0, 1)" in err and len(err.strip().splitlines()) == 1
+    assert main(base + ["--lr", "1e-4", "--min-lr", "1e-3", "--plan"]) == 2
+    assert "field 'min_lr' = 0.001, expected in [0, lr=0.0001]" in capsys.readouterr().err
+    assert main(base + ["--resume", str(tmp_path / "r")]) == 2  # --resume takes the saved config's identity
+    assert "drop --units/--model/--tokens" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

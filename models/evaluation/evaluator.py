@@ -20,6 +20,7 @@ from slmscale.models.evaluation.benchmarks import Benchmark, load_benchmark
 from slmscale.models.evaluation.encoding import check_units_match, encode_benchmark, read_candidate_units
 from slmscale.models.evaluation.metrics import benchmark_metrics, convention
 from slmscale.models.evaluation.scoring import ScoreConfig, pick_device, sequence_nll
+from slmscale.models.rundir import RunDir
 
 __all__ = ["evaluate", "prepare_benchmark", "score_benchmark", "resolve_benchmark", "merge_into_results", "run_id_of",
            "EMBEDDED"]
@@ -137,8 +138,8 @@ def evaluate(
     }
     if write:
         name = _slug(str(benchmark) if str(benchmark).startswith("embedded:") else f"{bench.task}-{bench.name}")
-        atomic_write_json(run_dir / "eval" / f"{name}.json", result)
-        own_table = run_dir / "results.parquet"
+        atomic_write_json(RunDir(run_dir).eval_result(name), result)
+        own_table = RunDir(run_dir).results
         if own_table.is_file():
             merge_into_results(own_table, result["provenance"]["run_id"], metrics)
     return result
@@ -146,7 +147,7 @@ def evaluate(
 
 def run_id_of(run_dir: Path, info: dict[str, Any]) -> str:
     """The run's id in the results table: RUN_DIR/results.parquet's run_id, else run.json's, else the folder name."""
-    table = Path(run_dir) / "results.parquet"
+    table = RunDir(run_dir).results
     if table.is_file():
         import pandas as pd
 

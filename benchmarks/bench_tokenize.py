@@ -103,7 +103,7 @@ def run_loop(manifest: str, out: str) -> dict:
     from slmscale.tokenization.schema import UNIT_SHARD_SCHEMA
     from slmscale.tokenization.tokenizer import MIN_SAMPLES, load_tokenizer
 
-    keep_freed_memory()  # the same malloc settings as the pipeline's actors (40 % less CPU time on MFCC)
+    keep_freed_memory()  # the same malloc settings as the pipeline's actors
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         tok = load_tokenizer("mfcc")

@@ -195,23 +195,26 @@ def test_unit_actor_decoding_its_own_rows_matches_the_two_stage_layout(tmp_path,
 _FAULTS_SCRIPT = """
 import resource, sys
 import numpy as np
-from slmscale.tokenization.mfcc import mfcc_features
 from slmscale.tokenization.pipeline import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-wav = np.random.default_rng(0).normal(scale=0.1, size=16000 * 12).astype(np.float32)
-mfcc_features(wav)
+rng = np.random.default_rng(0)
+def features():  # a 12 s utterance framed at 25 ms / 10 ms, spectra, logs: megabyte-sized temporaries, then freed
+    frames = rng.normal(size=(1200, 400)).astype(np.float32)
+    return np.log(np.abs(np.fft.rfft(frames, 512, axis=1)) ** 2 + 1e-6).sum()
+features()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
-    mfcc_features(wav)
+    features()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
-def test_keep_freed_memory_stops_mfcc_from_refaulting_its_temporaries():
-    """With glibc's defaults every MFCC of a 12 s file maps its megabyte-sized temporaries afresh (page faults,
-    ~40 % of the CPU time of an encode); the actors' malloc settings reuse them (fresh processes: process-wide)."""
+def test_keep_freed_memory_stops_large_temporaries_from_refaulting():
+    """With glibc's defaults, per-file numpy temporaries of a megabyte or more are mapped afresh every time (page
+    faults: ~40 % of an encode's CPU time with the previous numpy MFCC); the actors' malloc settings reuse them
+    (measured in fresh processes: the settings are process-wide)."""
     faults = {}
     for mode in ("default", "keep"):
         proc = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], cwd=REPO, capture_output=True, text=True,
@@ -349,7 +352,7 @@ def test_gpu_actor_layout_decodes_in_separate_tasks(ray_local, tmp_path):
     script = (
         "import json, sys, ray\n"
         "ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, logging_level='ERROR')\n"
-        "from tokenization.encode import encode\n"
+        "from slmscale.tokenization.encode import encode\n"
         f"meta = encode({str(manifest)!r}, 'mfcc', {str(tmp_path / 'gpu')!r}, rows_per_shard=3, gpus_per_actor=1,"
         " progress=False)\n"
         "print(json.dumps(meta.extra['resources']))\n"

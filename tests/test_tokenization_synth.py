@@ -37,7 +37,7 @@ def test_tts_is_deterministic_in_and_across_processes():
     tts("Something else spoken in between.", voice="en-us+m3", rate=120)
     b, _ = tts(TEXT, voice="en+f3", rate=180)
     assert np.array_equal(a, b)
-    code = (f"from tokenization.synth import tts; import hashlib; "
+    code = (f"from slmscale.tokenization.synth import tts; import hashlib; "
             f"print(hashlib.sha256(tts({TEXT!r}, voice='en+f3', rate=180)[0].tobytes()).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     import hashlib

@@ -38,13 +38,15 @@ def _manifest(args) -> int:
 
 def _encode(args) -> int:
     from slmscale.ray_utils import ensure_ray
+    from slmscale.tokenization.config import EncodeConfig
     from slmscale.tokenization.encode import encode
 
-    ensure_ray(args.address)
-    meta = encode(args.manifest, args.tokenizer, args.output, layer=args.layer, kmeans=args.kmeans,
-                  actors=args.actors, gpus_per_actor=args.gpus_per_actor, dedup=not args.no_dedup,
-                  rows_per_shard=args.rows_per_shard, chunk_s=args.chunk_s, batch_size=args.batch_size,
-                  window_rows=args.window_rows, progress=not args.quiet)
+    cfg = EncodeConfig(manifest=args.manifest, tokenizer=args.tokenizer, out_dir=args.output, layer=args.layer,
+                       kmeans=args.kmeans, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                       dedup=not args.no_dedup, rows_per_shard=args.rows_per_shard, chunk_s=args.chunk_s,
+                       batch_size=args.batch_size, window_rows=args.window_rows, progress=not args.quiet)
+    ensure_ray(args.address)  # after the settings are checked: a bad flag costs no Ray start-up
+    meta = encode(cfg)
     c = meta.counts
     print(f"wrote {args.output}: {c['utterances']} utterance(s), {c['units']:,} units, {c['hours']:.3f} h from "
           f"{c['encoded_files']} file(s); {c['rejected']} rejected (see rejects.parquet); tokenizer hash "

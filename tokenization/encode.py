@@ -9,11 +9,12 @@ it, so no shard is redone and no row is written twice. Each shard's rejects are 
 the shard itself and merged into `rejects.parquet` at the end, with `meta.json`.
 `encode.json` pins what the directory is being built from (manifest checksum, tokenizer hash, sharding,
 chunking, dedup); resuming with anything different is refused instead of mixing two datasets.
+The settings are one typed `EncodeConfig` (tokenization/config.py); `encode` builds it from its arguments or
+takes one directly.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from slmscale.errors import SlmscaleError
 from slmscale.io import atomic_path, atomic_write_json, code_version, read_json, sha256_file
+from slmscale.tokenization.config import EncodeConfig
 from slmscale.tokenization.manifest import read_manifest
 from slmscale.tokenization.schema import (
     REJECTS_SCHEMA,
@@ -36,35 +38,6 @@ from slmscale.tokenization.tokenizer import MIN_SAMPLES, TokenizerSpec, UnitToke
 __all__ = ["EncodeConfig", "encode", "shard_name"]
 
 _REJECTS_PARTS = ".rejects"
-
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    rows_per_shard: int = 1000  # manifest rows (files) per output shard: the unit of resumption
-    chunk_s: float = 60.0  # files longer than this are split into chunks of this length (utt_id#NNNN)
-    dedup: bool = True
-    actors: int | None = None  # default: one per CPU (CPU) or per gpus_per_actor GPUs (GPU)
-    gpus_per_actor: float | None = None  # default: 1 for hubert when the cluster has GPUs, else 0
-    batch_size: int | None = None  # chunks per actor call; default 8 on CPU, 32 on GPU
-    decode_cpus: float = 0.25  # CPU share per decode task beside GPU actors (CPU actors decode themselves)
-    window_rows: int = 100_000  # rows per Ray Data execution: bounds the driver's bookkeeping on huge manifests
-
-    def validate(self) -> EncodeConfig:
-        if not isinstance(self.rows_per_shard, int) or self.rows_per_shard < 1:
-            raise SlmscaleError(f"--rows-per-shard: expected a positive integer, got {self.rows_per_shard!r}")
-        if not self.chunk_s >= 1.0:
-            raise SlmscaleError(f"--chunk-s: expected at least 1 second, got {self.chunk_s!r}")
-        if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
-            raise SlmscaleError(f"--actors: expected a positive integer, got {self.actors!r}")
-        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
-            raise SlmscaleError(f"--gpus-per-actor: expected >= 0, got {self.gpus_per_actor!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise SlmscaleError(f"--batch-size: expected a positive integer, got {self.batch_size!r}")
-        if not isinstance(self.window_rows, int) or self.window_rows < 1:
-            raise SlmscaleError(f"--window-rows: expected a positive integer, got {self.window_rows!r}")
-        if not 0 < self.decode_cpus <= 64:
-            raise SlmscaleError(f"decode_cpus: expected a CPU share in (0, 64], got {self.decode_cpus!r}")
-        return self
 
 
 def shard_name(i: int) -> str:
@@ -270,9 +243,9 @@ def _counts(out_dir: Path, n_shards: int, n_files: int, n_rejected: int) -> dict
 
 
 def encode(
-    manifest: str | Path,
-    tokenizer: str,
-    out_dir: str | Path,
+    manifest: str | Path | EncodeConfig,
+    tokenizer: str | None = None,
+    out_dir: str | Path | None = None,
     *,
     layer: int | None = None,
     kmeans: str | Path | None = None,
@@ -287,23 +260,43 @@ def encode(
 ) -> UnitsMeta:
     """Encode every file of `manifest` with `tokenizer` ("mfcc" or "hubert:DIR") into the unit dataset `out_dir`.
 
+    Either the separate arguments (they build an `EncodeConfig`, whose field descriptions document them) or one
+    `EncodeConfig` as the only argument: `encode(EncodeConfig(manifest=..., out_dir=..., ...))`.
     Resumable: finished shards are kept and skipped. Returns the written meta.json. Files that cannot be
     encoded are listed in rejects.parquet with their reason; files in = encoded + rejected.
     """
-    cfg = EncodeConfig(rows_per_shard=rows_per_shard, chunk_s=float(chunk_s), dedup=bool(dedup), actors=actors,
-                       gpus_per_actor=gpus_per_actor, batch_size=batch_size, window_rows=window_rows).validate()
-    manifest = Path(manifest)
+    if isinstance(manifest, EncodeConfig):
+        others = {"tokenizer": tokenizer, "out_dir": out_dir, "layer": layer, "kmeans": kmeans, "actors": actors,
+                  "gpus_per_actor": gpus_per_actor, "batch_size": batch_size}
+        given = [k for k, v in others.items() if v is not None] + [
+            k for k, v, default in (("dedup", dedup, True), ("rows_per_shard", rows_per_shard, 1000),
+                                    ("chunk_s", chunk_s, 60.0), ("window_rows", window_rows, 100_000),
+                                    ("progress", progress, True)) if v != default]
+        if given:
+            raise TypeError(f"encode(EncodeConfig): the config holds every setting; also got {', '.join(given)}")
+        cfg = manifest
+    else:
+        cfg = EncodeConfig(manifest=manifest, out_dir=out_dir, layer=layer, kmeans=kmeans, actors=actors,
+                           gpus_per_actor=gpus_per_actor, dedup=dedup, rows_per_shard=rows_per_shard,
+                           chunk_s=chunk_s, batch_size=batch_size, window_rows=window_rows, progress=progress,
+                           **({} if tokenizer is None else {"tokenizer": tokenizer}))
+    return _encode(cfg)
+
+
+def _encode(cfg: EncodeConfig) -> UnitsMeta:
+    manifest = cfg.manifest
     table = read_manifest(manifest)
     if len(table) == 0:
         raise SlmscaleError(f"{manifest}: the manifest has no rows; nothing to encode")
-    spec = parse_tokenizer(tokenizer, layer=layer, kmeans=kmeans, device="cpu")
+    spec = parse_tokenizer(cfg.tokenizer, layer=cfg.layer, kmeans=cfg.kmeans, device="cpu")
     probe = UnitTokenizer(spec)  # on the driver only for the hash and info; actors load their own copy
     info = probe.info()
     vocab_size = probe.vocab_size
     del probe
+    gpus_per_actor = cfg.gpus_per_actor
     actor_spec = TokenizerSpec(kind=spec.kind, model_dir=spec.model_dir, layer=spec.layer, kmeans=spec.kmeans,
                                device=None if (gpus_per_actor or 0) > 0 or gpus_per_actor is None else "cpu")
-    out_dir = Path(out_dir)
+    out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_sha = sha256_file(manifest)
     _check_plan(out_dir, {"manifest_sha256": manifest_sha, "tokenizer_hash": info["hash"],
@@ -322,7 +315,8 @@ def encode(
     if pending:
         from tqdm.auto import tqdm
 
-        with tqdm(total=sum(map(len, pending.values())), desc="encoding", unit="file", disable=not progress) as bar:
+        with tqdm(total=sum(map(len, pending.values())), desc="encoding", unit="file",
+                  disable=not cfg.progress) as bar:
             for window in _windows(pending, cfg.window_rows):
                 collector = _ShardCollector(out_dir, window, provenance)
                 run_info = _run_pipeline(table, window, actor_spec, cfg, collector, bar)
@@ -339,7 +333,7 @@ def encode(
         dedup=cfg.dedup,
         counts=_counts(out_dir, n_shards, n_rows, n_rejected),
         code_version=code_version(),
-        extra={"manifest": str(manifest.resolve()), "manifest_sha256": manifest_sha, "encode": asdict(cfg),
+        extra={"manifest": str(manifest.resolve()), "manifest_sha256": manifest_sha, "encode": cfg.run_settings(),
                "resources": run_info},
     )
     write_meta(out_dir, meta)

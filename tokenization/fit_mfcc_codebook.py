@@ -1,4 +1,4 @@
-"""Rebuild the shipped `mfcc` codebook: `python -m tokenization.fit_mfcc_codebook [--k 100] [--stories 120]`.
+"""Rebuild the shipped `mfcc` codebook: `python -m slmscale.tokenization.fit_mfcc_codebook [--k 100] [--stories 120]`.
 
 The codebook (tokenization/data/mfcc_k100.npy + .json, ~16 KB) is fitted on embedded children's stories
 (`tokenization.stories`) spoken by espeak-ng in every default voice and rate (`tokenization.synth`), so the

@@ -10,7 +10,6 @@ Ray start-up (`ray.init`) is paid once per sweep and reported separately.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -35,6 +34,7 @@ def main() -> int:
     from slmscale.models.train import train
     from slmscale.sweep.grid import grid_from_dict
     from slmscale.sweep.launch import launch
+    from slmscale.sweep.storage import read_sweep
     from slmscale.sweep.trainable import train_config_for
 
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
@@ -58,7 +58,7 @@ def main() -> int:
         ray.shutdown()
 
         # (a) the same trials directly (the first also pays this process's torch/transformers import).
-        sweep = json.loads((tmp / "sweep" / "sweep.json").read_text())
+        storage, sweep = read_sweep(tmp / "sweep")
         t0 = time.perf_counter()
         direct_loss = []
         for trial in sweep["trials"]:
@@ -66,7 +66,7 @@ def main() -> int:
             direct_loss.append(row["loss"])
         t_direct = time.perf_counter() - t0
 
-        tune_loss = [json.loads((tmp / "sweep" / "runs" / t["run_id"] / "row.json").read_text())["loss"] for t in sweep["trials"]]
+        tune_loss = [storage.run_dir(t["run_id"], sweep).read_row()["loss"] for t in sweep["trials"]]
         per_trial = (t_tune - t_direct) / args.trials
         mean_trial = t_direct / args.trials
         print(f"bench_sweep: {args.trials} trials of {args.model}, {args.tokens} tokens each, one at a time, "

@@ -96,21 +96,25 @@ def demo_grid(scale: DemoScale, units: Path, evals: list[dict[str, str]]):
 
 
 def _sweep(scale: DemoScale, units: Path, evals: list[dict[str, str]], storage: Path, address: str | None) -> dict:
-    from slmscale.sweep.launch import SWEEP_FILE, launch, resume
+    from slmscale.sweep.launch import launch, resume
+    from slmscale.sweep.storage import SweepStorage
 
-    if (storage / SWEEP_FILE).is_file():
+    if SweepStorage(storage).sweep_file.is_file():
         print("      resuming the sweep of an earlier run (finished trials are kept)", flush=True)
         return resume(storage, address=address, verbose=0)
     return launch(demo_grid(scale, units, evals), storage, address=address, verbose=0)
 
 
 def _training_curves(sweep_dir: Path, df) -> tuple[dict, dict]:
-    """metrics.jsonl of every trial in the results table -> ({run_id: curve}, {run_id: N})."""
+    """The training metrics of every trial in the results table -> ({run_id: curve}, {run_id: N})."""
     import pandas as pd
 
+    from slmscale.sweep.storage import read_sweep
+
+    storage, sweep = read_sweep(sweep_dir)
     curves, sizes = {}, {}
     for row in df.itertuples():
-        path = Path(str(getattr(row, "run_dir", "") or sweep_dir / "runs" / row.run_id)) / "metrics.jsonl"
+        path = storage.run_dir(row.run_id, sweep).metrics
         if path.is_file():
             curves[row.run_id] = pd.read_json(path, lines=True)
             sizes[row.run_id] = float(row.n_params)

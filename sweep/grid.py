@@ -5,7 +5,7 @@
     n_units: 500                           # K for parameter counts when the unit dataset is not at hand
     models: [tiny-1, tiny-2, tiny-3]       # names from models.ladder
     d_over_n: [2, 8, 32]                   # exactly one of d_over_n / flops (isoFLOP budgets) / tokens
-    unique_tokens: [null, 2.0e5]           # optional caps on unique tokens (multi-epoch runs); null = single epoch
+    unique_tokens: [null, 200k]            # optional caps on unique tokens (multi-epoch runs); null = single epoch
     seeds: [0]
     eval: [embedded:sblimp,                # benchmarks for models.evaluation.evaluate, run after training:
            {benchmark: /data/sblimp/syntactic/dev, units: /data/sblimp-units}]   # a folder, or a folder +
@@ -16,243 +16,362 @@
     max_failures: 3
     plan: {mfu: 0.4, gpu_peak_tflops: 312}  # assumptions for the GPU-hour estimate of `sweep plan`
 
-Every invalid value raises SlmscaleError naming the file and the field. Compute is C = 6 N D (paper §Grid).
+Token counts (`tokens`, `unique_tokens`, `flops`) may be written 410000000, 4.1e8 or 410M (k, M, B/G, T).
+
+The schema is one set of pydantic models (`GridSpec`, `TrialResources`, `PlanAssumptions`, `EvalEntry`);
+`grid_from_dict` turns every validation error into one SlmscaleError naming the file and the field, e.g.
+"grid.yaml: field 'tokens[2]': expected a positive whole number, got -3". Compute is C = 6 N D (paper §Grid).
 """
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from slmscale.errors import SlmscaleError
 
-__all__ = ["TrialResources", "PlanAssumptions", "GridSpec", "Trial", "grid_from_dict", "load_grid", "with_changes", "expand_grid", "format_count"]
+__all__ = ["TrialResources", "PlanAssumptions", "EvalEntry", "GridSpec", "Trial", "grid_from_dict", "load_grid",
+           "with_changes", "expand_grid", "format_count"]
+
+_COUNT_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+# Fields of models.train.TrainConfig that every trial gets from the grid itself, so `train` may not set them.
+RESERVED_TRAIN_FIELDS = frozenset({"units_dir", "model", "tokens", "out_dir", "unique_tokens", "seed", "workers",
+                                   "gpus_per_worker"})
 
 
-def _number(where: str, value: Any, *, integer: bool = False, positive: bool = True, allow_zero: bool = False) -> float:
-    """Parse a YAML scalar as a number (YAML 1.1 reads `1e9` as a string, so strings are parsed too)."""
+# --- scalar parsers (used as pydantic BeforeValidators; a ValueError's text becomes the error message) ----------
+
+def _parse_number(value: Any, *, integer: bool = False, positive: bool = True, allow_zero: bool = False,
+                  count: bool = False) -> int | float:
+    """A YAML scalar as a number. YAML 1.1 reads `1e9` as a string, so strings are parsed too; `count` also
+    accepts a k/M/B/G/T suffix (410M = 4.1e8)."""
     if isinstance(value, bool):
-        raise SlmscaleError(f"{where}: expected a number, got {value!r}")
+        raise ValueError(f"expected a number, got {value!r}")
     if isinstance(value, str):
+        text = value.strip().replace("_", "").replace(",", "")
+        scale = _COUNT_SUFFIX.get(text[-1:].lower()) if count else None
         try:
-            value = float(value.replace("_", ""))
-        except ValueError:
-            raise SlmscaleError(f"{where}: expected a number, got {value!r}") from None
+            if scale:
+                exact = Decimal(text[:-1]) * scale
+                if not exact.is_finite():
+                    raise InvalidOperation
+                value = int(exact) if exact == exact.to_integral_value() else float(exact)
+            else:
+                value = float(text)
+        except (ValueError, InvalidOperation):
+            like = " like 410M, 4.1e8 or 410000000" if count else ""
+            raise ValueError(f"expected a number{like}, got {value!r}") from None
     if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SlmscaleError(f"{where}: expected a finite number, got {value!r}")
+        raise ValueError(f"expected a finite number, got {value!r}")
     if positive and (value < 0 or (value == 0 and not allow_zero)):
-        raise SlmscaleError(f"{where}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+        kind = "whole number" if integer else "number"
+        raise ValueError(f"expected a {'non-negative' if allow_zero else 'positive'} {kind}, got {value!r}")
     if integer:
         if float(value) != int(value):
-            raise SlmscaleError(f"{where}: expected a whole number, got {value!r}")
+            raise ValueError(f"expected a whole number, got {value!r}")
         return int(value)
     return float(value)
 
 
-def _sub_field(where: str, name: str) -> str:
-    """"g.yaml: field 'resources'" + "workers" -> "g.yaml: field 'resources.workers'"."""
-    return f"{where[:-1]}.{name}'" if where.endswith("'") else f"{where}.{name}"
+def _number(**kw) -> BeforeValidator:
+    return BeforeValidator(lambda v: _parse_number(v, **kw))
 
 
-def _number_list(where: str, value: Any, **kw) -> tuple:
+def _optional_number(**kw) -> BeforeValidator:
+    return BeforeValidator(lambda v: None if v is None else _parse_number(v, **kw))
+
+
+def _as_list(value: Any) -> Any:
+    """A single value stands for a one-element list; null for an empty one."""
     if value is None:
-        return ()
-    if not isinstance(value, (list, tuple)):
-        value = [value]
-    # "g.yaml: field 'seeds'" -> "g.yaml: field 'seeds[2]'" for the bad element
-    item = (lambda i: f"{where[:-1]}[{i}]'") if where.endswith("'") else (lambda i: f"{where}[{i}]")
-    out = tuple(_number(item(i), v, **kw) for i, v in enumerate(value))
-    if len(set(out)) != len(out):
-        raise SlmscaleError(f"{where}: values must be distinct, got {list(value)}")
-    return out
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-@dataclass(frozen=True)
-class TrialResources:
+def _distinct(values: tuple) -> tuple:
+    if len(set(values)) != len(values):
+        raise ValueError(f"values must be distinct, got {list(values)}")
+    return values
+
+
+def _non_empty(what: str) -> AfterValidator:
+    def check(values: tuple) -> tuple:
+        if not values:
+            raise ValueError(f"must list at least one {what}")
+        return values
+
+    return AfterValidator(check)
+
+
+def _path(value: Any) -> Any:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"expected a path, got {value!r}")
+    return value
+
+
+def _mapping_or_empty(what: str) -> BeforeValidator:
+    def check(value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of {what}, got {value!r}")
+        return value
+
+    return BeforeValidator(check)
+
+
+PositiveInt = Annotated[int, _number(integer=True)]
+NonNegativeInt = Annotated[int, _number(integer=True, allow_zero=True)]
+PositiveFloat = Annotated[float, _number()]
+NonNegativeFloat = Annotated[float, _number(allow_zero=True)]
+TokenCount = Annotated[int, _number(integer=True, count=True)]
+FlopCount = Annotated[float, _number(count=True)]
+UniqueCap = Annotated[int | None, _optional_number(integer=True, count=True)]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrialResources(BaseModel):
     """What one trial asks the cluster for: `workers` data-parallel training workers, each with
     `cpus_per_worker` CPUs and `gpus_per_worker` GPUs (0 = CPU training)."""
 
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    model_config = _STRICT
 
-    def validate(self, where: str = "resources") -> TrialResources:
-        _number(_sub_field(where, "workers"), self.workers, integer=True)
-        _number(_sub_field(where, "cpus_per_worker"), self.cpus_per_worker, allow_zero=True)
-        _number(_sub_field(where, "gpus_per_worker"), self.gpus_per_worker, allow_zero=True)
+    workers: PositiveInt = Field(1, description="data-parallel training workers of one trial")
+    cpus_per_worker: NonNegativeFloat = Field(1.0, description="CPUs per worker")
+    gpus_per_worker: NonNegativeFloat = Field(0.0, description="GPUs per worker (0 = CPU training)")
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        """Also positionally: TrialResources(workers, cpus_per_worker, gpus_per_worker)."""
+        names = ("workers", "cpus_per_worker", "gpus_per_worker")
+        if len(args) > len(names):
+            raise TypeError(f"TrialResources takes at most {len(names)} positional arguments ({', '.join(names)})")
+        super().__init__(**dict(zip(names, args)), **data)
+
+    @model_validator(mode="after")
+    def _needs_a_device(self) -> TrialResources:
         if self.cpus_per_worker == 0 and self.gpus_per_worker == 0:
-            raise SlmscaleError(f"{where}: a worker needs at least one CPU or GPU (cpus_per_worker and gpus_per_worker are both 0)")
+            raise ValueError("a worker needs at least one CPU or GPU (cpus_per_worker and gpus_per_worker are both 0)")
         return self
 
     @property
     def total_gpus(self) -> float:
         return self.workers * self.gpus_per_worker
 
-    @property
-    def total_cpus(self) -> float:
-        return self.workers * self.cpus_per_worker
 
-
-@dataclass(frozen=True)
-class PlanAssumptions:
+class PlanAssumptions(BaseModel):
     """Throughput assumptions for the compute plan: GPU-hours = C / (mfu * peak FLOP/s) / 3600."""
 
-    mfu: float = 0.4  # paper: 32-62% on A100 depending on size
-    gpu_peak_tflops: float = 312.0  # A100 bf16 dense
+    model_config = _STRICT
 
-    def validate(self, where: str = "plan") -> PlanAssumptions:
-        _number(_sub_field(where, "mfu"), self.mfu)
-        if self.mfu > 1:
-            raise SlmscaleError(f"{_sub_field(where, 'mfu')}: expected a fraction in (0, 1], got {self.mfu}")
-        _number(_sub_field(where, "gpu_peak_tflops"), self.gpu_peak_tflops)
+    mfu: PositiveFloat = Field(0.4, description="model FLOPs utilisation, a fraction in (0, 1] (paper: 32-62% on A100)")
+    gpu_peak_tflops: PositiveFloat = Field(312.0, description="peak TFLOP/s of one GPU (A100 bf16 dense: 312)")
+
+    @field_validator("mfu")
+    @classmethod
+    def _fraction(cls, mfu: float) -> float:
+        if mfu > 1:
+            raise ValueError(f"expected a fraction in (0, 1], got {mfu}")
+        return mfu
+
+
+class EvalEntry(BaseModel):
+    """One benchmark every trial is scored on after training (models.evaluation.evaluate)."""
+
+    model_config = _STRICT
+
+    benchmark: str = Field(min_length=1, description="a benchmark folder (official layout) or embedded:<name>")
+    units: Annotated[str | None, BeforeValidator(_path)] = Field(
+        None, description="its unit dataset, already encoded with the model's tokenizer (optional)")
+    task: str | None = Field(None, description="the benchmark's task when its folder does not say (optional)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"benchmark": value}
+        if not isinstance(value, (dict, EvalEntry)):
+            raise ValueError(f"expected a benchmark folder, embedded:<name>, or a mapping with 'benchmark' and "
+                             f"optional 'units' / 'task', got {value!r}")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler) -> dict[str, Any]:
+        """{"benchmark": ...} plus only the keys that are set (this dict also keys the trials' evaluation index)."""
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def to_dict(self) -> dict[str, str]:
+        return self.model_dump()
+
+
+def _models(value: Any) -> Any:
+    names = _as_list(value)
+    if not names:
+        raise ValueError(f"expected a non-empty list of model names, got {value!r}")
+    out = []
+    for name in names:
+        if isinstance(name, bool) or not isinstance(name, (str, int, float)) or not str(name):
+            raise ValueError(f"expected a non-empty list of model names, got {value!r}")
+        out.append(str(name))
+    if len(set(out)) != len(out):
+        raise ValueError(f"lists a model twice: {out}")
+    return out
+
+
+def _name(value: Any) -> Any:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        raise ValueError(f"expected a word of letters, digits, '_', '.', '-', got {value!r}")
+    return value
+
+
+def _unique_caps(value: Any) -> Any:
+    return [None] if value is None else _as_list(value)
+
+
+class GridSpec(BaseModel):
+    """A validated grid spec. Token budgets come from exactly one of `d_over_n`, `flops` or `tokens`.
+
+    Build it with `grid_from_dict` / `load_grid` (which name the file in every error); `source` is that file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    name: Annotated[str, BeforeValidator(_name)] = Field(description="the grid's name: letters, digits, _ . -")
+    models: Annotated[tuple[str, ...], BeforeValidator(_models)] = Field(
+        description="model sizes, names from models.ladder")
+    d_over_n: Annotated[tuple[PositiveFloat, ...], BeforeValidator(_as_list), AfterValidator(_distinct)] = Field(
+        (), description="token budgets as ratios D/N, the same for every size")
+    flops: Annotated[tuple[FlopCount, ...], BeforeValidator(_as_list), AfterValidator(_distinct)] = Field(
+        (), description="isoFLOP budgets C: D = C / (6 N) for every size")
+    tokens: Annotated[tuple[TokenCount, ...], BeforeValidator(_as_list), AfterValidator(_distinct)] = Field(
+        (), description="explicit token budgets D, the same for every size")
+    unique_tokens: Annotated[tuple[UniqueCap, ...], BeforeValidator(_unique_caps),
+                             _non_empty("entry (null = single epoch)")] = Field(
+        (None,), description="caps on distinct training tokens (multi-epoch runs); null = single epoch")
+    seeds: Annotated[tuple[NonNegativeInt, ...], BeforeValidator(_as_list), AfterValidator(_distinct),
+                     _non_empty("seed")] = Field((0,), description="training seeds")
+    units: Annotated[str | None, BeforeValidator(_path)] = Field(
+        None, description="unit dataset (relative to the YAML file); --units overrides it")
+    n_units: PositiveInt = Field(500, description="K for parameter counts when the unit dataset is not at hand")
+    eval: Annotated[tuple[EvalEntry, ...], BeforeValidator(_as_list)] = Field(
+        (), description="benchmarks every trial is scored on after training")
+    resources: Annotated[TrialResources, BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=TrialResources, description="what each trial asks the cluster for")
+    model_resources: Annotated[dict[str, TrialResources], _mapping_or_empty("model names to resources")] = Field(
+        default_factory=dict, description="per-size overrides of `resources`")
+    train: Annotated[dict[str, Any], _mapping_or_empty("TrainConfig fields")] = Field(
+        default_factory=dict, description="further models.train.TrainConfig fields, the same for every trial")
+    max_failures: NonNegativeInt = Field(3, description="Tune retries per trial (each resumes from a checkpoint)")
+    max_concurrent: Annotated[int | None, _optional_number(integer=True)] = Field(
+        None, description="trials at once; null = as many as the cluster fits")
+    plan: Annotated[PlanAssumptions, BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=PlanAssumptions, description="assumptions for the GPU-hour estimate of `sweep plan`")
+
+    _source: str = PrivateAttr("<grid>")
+
+    @property
+    def source(self) -> str:
+        """The file this spec came from, for error messages."""
+        return self._source
+
+    @field_validator("model_resources")
+    @classmethod
+    def _known_models(cls, value: dict[str, TrialResources], info: ValidationInfo) -> dict[str, TrialResources]:
+        models = info.data.get("models")
+        for name in value:
+            if models is not None and name not in models:
+                raise ValueError(f"names {name!r}, which is not in 'models' {list(models)}")
+        return value
+
+    @field_validator("train")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(RESERVED_TRAIN_FIELDS & set(value))
+        if clash:
+            raise ValueError(f"may not set {clash}: they come from the grid (models, token budgets, seeds, units, "
+                             f"resources)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> GridSpec:
+        given = [k for k in ("d_over_n", "flops", "tokens") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of the fields 'd_over_n', 'flops' (isoFLOP budgets) or 'tokens', got "
+                             f"{given or 'none'}")
         return self
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    """A validated grid spec. Token budgets come from exactly one of `d_over_n`, `flops` or `tokens`."""
-
-    name: str
-    models: tuple[str, ...]
-    d_over_n: tuple[float, ...] = ()
-    flops: tuple[float, ...] = ()  # isoFLOP budgets: D = C / (6 N) for every model
-    tokens: tuple[int, ...] = ()  # explicit D for every model
-    unique_tokens: tuple[int | None, ...] = (None,)  # None = single epoch over fresh data
-    seeds: tuple[int, ...] = (0,)
-    units: str | None = None
-    n_units: int = 500  # K, for parameter counts when the unit dataset is not at hand (paper: 500)
-    eval: tuple[dict[str, str], ...] = ()  # {"benchmark": folder or embedded:<name>, "units": dir (optional), "task"}
-    resources: TrialResources = field(default_factory=TrialResources)
-    model_resources: dict[str, TrialResources] = field(default_factory=dict)  # per-size overrides of `resources`
-    train: dict[str, Any] = field(default_factory=dict)
-    max_failures: int = 3
-    max_concurrent: int | None = None
-    plan: PlanAssumptions = field(default_factory=PlanAssumptions)
-    source: str = "<grid>"  # the file it came from, for error messages
 
     def resources_for(self, model: str) -> TrialResources:
         return self.model_resources.get(model, self.resources)
 
-    def validate(self) -> GridSpec:
-        w = self.source
-        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
-            raise SlmscaleError(f"{w}: field 'name' must be a word of letters, digits, '_', '.', '-', got {self.name!r}")
-        if not self.models or not all(isinstance(m, str) and m for m in self.models):
-            raise SlmscaleError(f"{w}: field 'models' must be a non-empty list of model names, got {list(self.models)!r}")
-        if len(set(self.models)) != len(self.models):
-            raise SlmscaleError(f"{w}: field 'models' lists a model twice: {list(self.models)}")
-        given = [k for k in ("d_over_n", "flops", "tokens") if getattr(self, k)]
-        if len(given) != 1:
-            raise SlmscaleError(
-                f"{w}: give exactly one of the fields 'd_over_n', 'flops' (isoFLOP budgets) or 'tokens', got {given or 'none'}"
-            )
-        if not self.seeds:
-            raise SlmscaleError(f"{w}: field 'seeds' must list at least one seed")
-        if not self.unique_tokens:
-            raise SlmscaleError(f"{w}: field 'unique_tokens' must list at least one entry (null = single epoch)")
-        for i, e in enumerate(self.eval):
-            if not isinstance(e, dict) or not isinstance(e.get("benchmark"), str) or not e["benchmark"] \
-                    or set(e) - {"benchmark", "units", "task"} or not all(isinstance(v, str) for v in e.values()):
-                raise SlmscaleError(
-                    f"{w}: field 'eval[{i}]' must be a benchmark folder, embedded:<name>, or a mapping with 'benchmark' "
-                    f"and optional 'units' / 'task' paths, got {e!r}"
-                )
-        if not isinstance(self.train, dict):
-            raise SlmscaleError(f"{w}: field 'train' must be a mapping of TrainConfig fields, got {self.train!r}")
-        reserved = {"units_dir", "model", "tokens", "out_dir", "unique_tokens", "seed", "workers", "gpus_per_worker"}
-        clash = sorted(reserved & set(self.train))
-        if clash:
-            raise SlmscaleError(
-                f"{w}: field 'train' may not set {clash}: they come from the grid (models, token budgets, seeds, units, resources)"
-            )
-        _number(f"{w}: field 'n_units'", self.n_units, integer=True)
-        _number(f"{w}: field 'max_failures'", self.max_failures, integer=True, allow_zero=True)
-        if self.max_concurrent is not None:
-            _number(f"{w}: field 'max_concurrent'", self.max_concurrent, integer=True)
-        self.resources.validate(f"{w}: field 'resources'")
-        for name, res in self.model_resources.items():
-            if name not in self.models:
-                raise SlmscaleError(f"{w}: field 'model_resources' names {name!r}, which is not in 'models' {list(self.models)}")
-            res.validate(f"{w}: field 'model_resources.{name}'")
-        self.plan.validate(f"{w}: field 'plan'")
-        return self
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON types (what sweep.json records; `grid_from_dict` reads it back)."""
+        return self.model_dump(mode="json")
 
 
-_TOP_FIELDS = {f.name for f in fields(GridSpec)} - {"source"}
+_SECTIONS: dict[str, type[BaseModel]] = {"resources": TrialResources, "model_resources": TrialResources,
+                                         "plan": PlanAssumptions, "eval": EvalEntry}
 
 
-def _sub(cls, where: str, raw: Any):
-    if raw is None:
-        return cls()
-    if not isinstance(raw, dict):
-        raise SlmscaleError(f"{where}: expected a mapping, got {raw!r}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise SlmscaleError(f"{where}: unknown field(s) {unknown}, expected some of {sorted(known)}")
-    return cls(**raw)
+def _field_path(loc: tuple) -> str:
+    """('eval', 1, 'units') -> "eval[1].units"."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
-def _model_resources(source: str, raw: Any) -> dict[str, TrialResources]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SlmscaleError(f"{source}: field 'model_resources' must map model names to resources, got {raw!r}")
-    return {str(k): _sub(TrialResources, f"{source}: field 'model_resources.{k}'", v) for k, v in raw.items()}
+def _describe(error: dict[str, Any]) -> str:
+    loc, kind = tuple(error["loc"]), error["type"]
+    where = f"field '{_field_path(loc)}'" if loc else ""
+    if kind == "missing":
+        return f"missing {where}"
+    if kind == "extra_forbidden":
+        section = _SECTIONS.get(str(loc[0])) if len(loc) > 1 else None
+        known = sorted((section or GridSpec).model_fields)
+        return f"{where}: unknown field, expected some of {known}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        what = f"{where}: expected a mapping, got {error['input']!r}"
+        return what if loc else what[2:]
+    if kind == "value_error":
+        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+    else:
+        message = f"{error['msg'][0].lower()}{error['msg'][1:]}, got {error['input']!r}"
+    return f"{where}: {message}" if loc else message
+
+
+def _errors_of(exc: ValidationError) -> str:
+    # An unknown field usually explains a missing one (a typo): name it first.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    return "; ".join(_describe(e) for e in errors)
 
 
 def grid_from_dict(raw: Any, source: str = "<grid>") -> GridSpec:
-    """Build and validate a GridSpec from parsed YAML."""
+    """Build and validate a GridSpec from parsed YAML (or from `GridSpec.to_dict()`); errors name `source`."""
     if not isinstance(raw, dict):
         raise SlmscaleError(f"{source}: expected a YAML mapping at the top level, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - _TOP_FIELDS)
-    if unknown:
-        raise SlmscaleError(f"{source}: unknown field(s) {unknown}, expected some of {sorted(_TOP_FIELDS)}")
-    if "name" not in raw:
-        raise SlmscaleError(f"{source}: missing field 'name'")
-    if "models" not in raw:
-        raise SlmscaleError(f"{source}: missing field 'models'")
-    models = raw["models"]
-    if isinstance(models, str):
-        models = [models]
-    if not isinstance(models, list):
-        raise SlmscaleError(f"{source}: field 'models' must be a list of model names, got {models!r}")
-    uniques = raw.get("unique_tokens", [None])
-    if not isinstance(uniques, list):
-        uniques = [uniques]
-    uniques = tuple(
-        None if u is None else _number(f"{source}: field 'unique_tokens[{i}]'", u, integer=True) for i, u in enumerate(uniques)
-    )
-    evals = raw.get("eval") or []
-    if not isinstance(evals, list):
-        evals = [evals]
-    evals = [{"benchmark": e} if isinstance(e, str) else e for e in evals]
-    units = raw.get("units")
-    if units is not None and not isinstance(units, str):
-        raise SlmscaleError(f"{source}: field 'units' must be a path, got {units!r}")
-    spec = GridSpec(
-        name=raw["name"],
-        models=tuple(str(m) for m in models),
-        d_over_n=_number_list(f"{source}: field 'd_over_n'", raw.get("d_over_n")),
-        flops=_number_list(f"{source}: field 'flops'", raw.get("flops")),
-        tokens=_number_list(f"{source}: field 'tokens'", raw.get("tokens"), integer=True),
-        unique_tokens=uniques,
-        seeds=_number_list(f"{source}: field 'seeds'", raw.get("seeds", [0]), integer=True, allow_zero=True),
-        units=units,
-        n_units=_number(f"{source}: field 'n_units'", raw.get("n_units", 500), integer=True),
-        eval=tuple(evals),
-        resources=_sub(TrialResources, f"{source}: field 'resources'", raw.get("resources")),
-        model_resources=_model_resources(source, raw.get("model_resources")),
-        train=raw.get("train") or {},
-        max_failures=raw.get("max_failures", 3),
-        max_concurrent=raw.get("max_concurrent"),
-        plan=_sub(PlanAssumptions, f"{source}: field 'plan'", raw.get("plan")),
-        source=source,
-    )
-    return spec.validate()
+    try:
+        spec = GridSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SlmscaleError(f"{source}: {_errors_of(exc)}") from None
+    spec._source = source
+    return spec
 
 
 def load_grid(path: str | Path) -> GridSpec:
@@ -268,21 +387,21 @@ def load_grid(path: str | Path) -> GridSpec:
         raise SlmscaleError(f"{path}: not valid YAML: {exc}") from None
     spec = grid_from_dict(raw, source=str(path))
 
-    def near_yaml(p: str) -> str:
-        return p if p.startswith("embedded:") or Path(p).expanduser().is_absolute() else str((path.parent / p).resolve())
+    def near_yaml(p: str | None) -> str | None:
+        if not p or p.startswith("embedded:") or Path(p).expanduser().is_absolute():
+            return p
+        return str((path.parent / p).resolve())
 
     return with_changes(
         spec,
-        units=near_yaml(spec.units) if spec.units else None,
-        eval=tuple({k: (near_yaml(v) if k != "task" else v) for k, v in e.items()} for e in spec.eval),
+        units=near_yaml(spec.units),
+        eval=[{**e.to_dict(), "benchmark": near_yaml(e.benchmark), "units": near_yaml(e.units)} for e in spec.eval],
     )
 
 
 def with_changes(spec: GridSpec, **changes) -> GridSpec:
-    """A copy of `spec` with `changes`, validated again."""
-    from dataclasses import replace
-
-    return replace(spec, **changes).validate()
+    """A copy of `spec` with `changes` (field name = new value), validated again."""
+    return grid_from_dict({**spec.model_dump(), **changes}, source=spec.source)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,7 @@
 """`sweep launch` / `sweep resume`: the grid as one Ray Tune experiment on the storage path.
 
-    STORAGE/
-      sweep.json         the expanded grid, unit dataset + its meta hash, code version (written first)
-      driver.json        host and pid of the driver (a second live driver on the same host is refused)
-      runs/<run_id>/     one training run dir per trial (models.train layout + row.json, eval/)
-      tune/              Ray Tune's experiment state (Tuner.restore reads it)
-      results.parquet    the results table, rewritten each time a trial finishes
-
-One Tune trial per grid point (`tune.grid_search` over the run ids), resources per trial, FailureConfig
+The storage layout (sweep.json, driver.json, runs/<run_id>/, tune/, results.parquet) is owned by
+sweep/storage.py. One Tune trial per grid point (`tune.grid_search` over the run ids), resources per trial, FailureConfig
 (max_failures) for automatic retries; retries and `sweep resume` continue from the run dir's checkpoints.
 """
 from __future__ import annotations
@@ -16,51 +10,16 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from slmscale.errors import SlmscaleError
-from slmscale.io import atomic_write_json, code_version, read_json
+from slmscale.io import atomic_write_json, code_version
 from slmscale.sweep.grid import GridSpec, Trial, grid_from_dict, with_changes
 from slmscale.sweep.plan import make_plan
+from slmscale.sweep.storage import SweepStorage, read_sweep
 
-__all__ = ["SWEEP_FILE", "TUNE_DIR", "launch", "resume", "resolve_storage", "read_sweep"]
-
-SWEEP_FILE = "sweep.json"
-TUNE_DIR = "tune"
-RESULTS_FILE = "results.parquet"
-
-
-def resolve_storage(storage: str | os.PathLike) -> Path:
-    """An absolute local/shared-filesystem path (spaces are fine). URIs are refused with the reason."""
-    text = str(storage)
-    if not text.strip():
-        raise SlmscaleError("--storage: empty path")
-    if "://" in text and not text.startswith("file://"):
-        raise SlmscaleError(
-            f"--storage {text!r}: object-store URIs are not supported yet; run dirs and checkpoints must live on a "
-            f"filesystem every node mounts at the same path (e.g. EFS/NFS at /shared, see cluster.yaml)"
-        )
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    return Path(text).expanduser().resolve()
-
-
-def spec_to_dict(spec: GridSpec) -> dict[str, Any]:
-    raw = asdict(spec)
-    raw.pop("source")
-    return raw
-
-
-def read_sweep(storage: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """(storage path, sweep.json) — refusing a directory that slmscale did not create."""
-    root = resolve_storage(storage)
-    if not root.is_dir():
-        raise SlmscaleError(f"sweep storage not found: {root}")
-    if not (root / SWEEP_FILE).is_file():
-        raise SlmscaleError(f"{root}: no {SWEEP_FILE} — not a sweep directory written by `slmscale sweep launch`")
-    return root, read_json(root / SWEEP_FILE, what="sweep file")
+__all__ = ["launch", "resume", "check_address"]
 
 
 def check_address(address: str | None, timeout_s: float = 5.0) -> None:
@@ -86,15 +45,12 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-DRIVER_FILE = "driver.json"
-
-
-def _claim_driver(root: Path) -> None:
+def _claim_driver(storage: SweepStorage) -> None:
     """Record this process as the sweep's driver; refuse if another live driver on this host holds the sweep
     (two drivers would train the same trials into the same run dirs)."""
     import socket
 
-    path = root / DRIVER_FILE
+    path = storage.driver_file
     if path.is_file():
         try:
             other = json.loads(path.read_text())
@@ -109,7 +65,7 @@ def _claim_driver(root: Path) -> None:
                 alive_driver = False
             if alive_driver:
                 raise SlmscaleError(
-                    f"{root}: another sweep driver (pid {pid}, started {time.ctime(other.get('started', 0))}) is "
+                    f"{storage.root}: another sweep driver (pid {pid}, started {time.ctime(other.get('started', 0))}) is "
                     f"still running this sweep; wait for it, or stop it before `sweep resume`"
                 )
     atomic_write_json(path, {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
@@ -125,12 +81,12 @@ def _units_info(units: str) -> tuple[str, int, str]:
     return str(path), meta.vocab_size, meta_hash(path)
 
 
-def _param_space(root: Path, sweep: dict[str, Any]) -> dict[str, Any]:
+def _param_space(storage: SweepStorage, sweep: dict[str, Any]) -> dict[str, Any]:
     """One Tune trial per run_id. The config stays tiny (Tune prints and snapshots it): the trainable reads its
     trial and the launch settings from sweep.json on the shared storage."""
     from ray import tune
 
-    return {"run_id": tune.grid_search([t["run_id"] for t in sweep["trials"]]), "sweep_file": str(root / SWEEP_FILE)}
+    return {"run_id": tune.grid_search([t["run_id"] for t in sweep["trials"]]), "sweep_file": str(storage.sweep_file)}
 
 
 def _trainable(spec: GridSpec, sweep: dict[str, Any]):
@@ -144,40 +100,48 @@ def _trainable(spec: GridSpec, sweep: dict[str, Any]):
     return tune.with_resources(run_trial, lambda config: per_model[model_of[config["run_id"]]])
 
 
-def _run_config(storage: Path, spec: GridSpec, verbose: int):
+def _run_config(storage: SweepStorage, spec: GridSpec, verbose: int):
     from ray import tune
 
     from slmscale.sweep.callbacks import WriteResultsOnComplete
 
     return tune.RunConfig(
-        name=TUNE_DIR,
-        storage_path=str(storage),
+        name=storage.tune_dir.name,
+        storage_path=str(storage.tune_dir.parent),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         # Keep every (pointer) checkpoint: they are a few bytes each, and with num_to_keep Tune deletes old ones
         # before its next state snapshot, so a driver killed in between leaves a state that names a deleted
         # checkpoint and `Tuner.restore` cannot resume that trial. The real checkpoints are in the run dir.
         checkpoint_config=tune.CheckpointConfig(),
-        callbacks=[WriteResultsOnComplete(storage)],
+        callbacks=[WriteResultsOnComplete(storage.root)],
         verbose=verbose,
     )
 
 
-def _check_train_configs(spec: GridSpec, trials: list[Trial], root: Path, n_units: int) -> None:
+def _settings(spec: GridSpec, storage: SweepStorage) -> dict[str, Any]:
+    """What every trial reads from sweep.json besides its grid point (trainable.train_config_for)."""
+    return {
+        "name": spec.name,
+        "units": spec.units,
+        "run_root": str(storage.runs_dir),
+        "eval": [e.to_dict() for e in spec.eval],
+        "train": {"progress": False, **spec.train},
+        "resources": {m: spec.resources_for(m).model_dump() for m in spec.models},
+    }
+
+
+def _check_train_configs(spec: GridSpec, trials: list[Trial], storage: SweepStorage, n_units: int) -> None:
     """Build and validate every trial's TrainConfig and exact schedule now, so a budget smaller than one update
     or a bad `train` value fails before launch, naming the trial, instead of as N errored trials later."""
-    from dataclasses import asdict as _asdict
-
     from slmscale.models.config import make_plan as make_train_plan
+    from slmscale.models.data import check_splits
     from slmscale.sweep.trainable import train_config_for
 
-    settings = {"units": spec.units, "train": spec.train,
-                "resources": {m: _asdict(spec.resources_for(m)) for m in spec.models}}
-    from slmscale.models.data import check_splits
-
+    settings = _settings(spec, storage)
     split_fractions = set()
     for trial in trials:
         try:
-            cfg = train_config_for(trial.to_dict(), settings, root / "runs" / trial.run_id)
+            cfg = train_config_for(trial.to_dict(), settings, storage.run_dir(trial.run_id))
             make_train_plan(cfg.validate(), n_units)
         except (SlmscaleError, TypeError, ValueError) as exc:
             raise SlmscaleError(f"{spec.source}: trial {trial.run_id}: {exc}") from None
@@ -221,22 +185,22 @@ def _check_cluster(spec: GridSpec, trials: list[Trial], cluster_config: str | No
     check_fits(spec, trials, live_nodes() + autoscaler_nodes(cluster_config))
 
 
-def _finish(grid, storage: Path) -> dict[str, Any]:
+def _finish(grid, storage: SweepStorage) -> dict[str, Any]:
     from slmscale.sweep.results import write_sweep_results
     from slmscale.sweep.status import sweep_status
 
     errors = [r for r in grid if r.error is not None]
     try:
-        write_sweep_results(storage)
+        write_sweep_results(storage.root)
     except SlmscaleError:
         pass
-    rows = sweep_status(storage)
+    rows = sweep_status(storage.root)
     return {
-        "storage": str(storage),
+        "storage": str(storage.root),
         "trials": len(rows),
         "finished": sum(r["state"] == "FINISHED" for r in rows),
         "errored": [{"run_id": (r.config or {}).get("run_id"), "error": str(r.error)[:500]} for r in errors],
-        "results": str(storage / RESULTS_FILE),
+        "results": str(storage.results),
     }
 
 
@@ -257,17 +221,18 @@ def launch(
     and that every trial fits the cluster's resources."""
     from slmscale.ray_utils import ensure_ray
 
-    root = resolve_storage(storage)
-    if (root / SWEEP_FILE).exists():
-        raise SlmscaleError(f"{root} already holds a sweep ({SWEEP_FILE}); continue it with `slmscale sweep resume {root}` "
-                            f"or choose a new --storage")
+    store = SweepStorage.at(storage)
+    root = store.root
+    if store.exists():
+        raise SlmscaleError(f"{root} already holds a sweep ({store.sweep_file.name}); continue it with "
+                            f"`slmscale sweep resume {root}` or choose a new --storage")
     units = units or spec.units
     if not units:
         raise SlmscaleError(f"{spec.source}: field 'units' is not set; pass --units DIR")
     units, n_units, units_hash = _units_info(units)
     for i, entry in enumerate(spec.eval):
         for key in ("benchmark", "units"):
-            value = entry.get(key)
+            value = getattr(entry, key)
             if value and not value.startswith("embedded:") and not Path(value).expanduser().exists():
                 raise SlmscaleError(f"{spec.source}: field 'eval[{i}].{key}': {value} does not exist")
     spec = with_changes(spec, units=units, max_concurrent=max_concurrent or spec.max_concurrent)
@@ -278,7 +243,7 @@ def launch(
     unknown = sorted(set(spec.train) - TrainConfig.field_names())
     if unknown:
         raise SlmscaleError(f"{spec.source}: field 'train' has unknown TrainConfig field(s) {unknown}")
-    _check_train_configs(spec, plan.trials, root, n_units)
+    _check_train_configs(spec, plan.trials, store, n_units)
 
     check_address(address)
     ensure_ray(address)
@@ -291,30 +256,22 @@ def launch(
         with contextlib.suppress(OSError):
             root.rmdir()  # only if we just created it and it is empty
         raise
-    settings = {
-        "name": spec.name,
-        "units": units,
-        "run_root": str(root / "runs"),
-        "eval": list(spec.eval),
-        "train": {"progress": False, **spec.train},
-        "resources": {m: asdict(spec.resources_for(m)) for m in spec.models},
-    }
     sweep = {
         "schema_version": 1,
-        "grid": spec_to_dict(spec),
+        "grid": spec.to_dict(),
         "grid_source": spec.source,
         "units": units,
         "units_meta_hash": units_hash,
         "n_units": n_units,
         "trials": [t.to_dict() for t in plan.trials],
-        "settings": settings,
+        "settings": _settings(spec, store),
         "total_flops": plan.total_flops,
         "created": time.time(),
         "code_version": code_version(),
     }
-    atomic_write_json(root / SWEEP_FILE, sweep)
-    _claim_driver(root)
-    return _fit(spec, root, sweep, verbose)
+    atomic_write_json(store.sweep_file, sweep)
+    _claim_driver(store)
+    return _fit(spec, store, sweep, verbose)
 
 
 def _quiet_tune() -> None:
@@ -322,13 +279,13 @@ def _quiet_tune() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def _fit(spec: GridSpec, root: Path, sweep: dict[str, Any], verbose: int) -> dict[str, Any]:
+def _fit(spec: GridSpec, storage: SweepStorage, sweep: dict[str, Any], verbose: int) -> dict[str, Any]:
     from ray import tune
 
     _quiet_tune()
     tuner = tune.Tuner(
         _trainable(spec, sweep),
-        param_space=_param_space(root, sweep),
+        param_space=_param_space(storage, sweep),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.max_concurrent,
             # A trial process imports torch + transformers (seconds); reusing it for the next trial of the
@@ -337,9 +294,9 @@ def _fit(spec: GridSpec, root: Path, sweep: dict[str, Any], verbose: int) -> dic
             trial_dirname_creator=lambda trial: trial.config["run_id"],
             trial_name_creator=lambda trial: trial.config["run_id"],
         ),
-        run_config=_run_config(root, spec, verbose),
+        run_config=_run_config(storage, spec, verbose),
     )
-    return _finish(tuner.fit(), root)
+    return _finish(tuner.fit(), storage)
 
 
 def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: int = 1) -> dict[str, Any]:
@@ -349,15 +306,15 @@ def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: i
 
     from slmscale.ray_utils import ensure_ray
 
-    root, sweep = read_sweep(storage)
-    spec = grid_from_dict(sweep["grid"], source=str(root / SWEEP_FILE))
-    tune_dir = root / TUNE_DIR
+    store, sweep = read_sweep(storage)
+    spec = grid_from_dict(sweep["grid"], source=str(store.sweep_file))
+    tune_dir = store.tune_dir
     check_address(address)
-    _claim_driver(root)
+    _claim_driver(store)
     ensure_ray(address)
     if not tune.Tuner.can_restore(str(tune_dir)):
         # The driver died before Tune wrote its first state: nothing ran, so start the experiment now.
-        return _fit(spec, root, sweep, verbose)
+        return _fit(spec, store, sweep, verbose)
     _quiet_tune()
     # Tuner.restore reads Tune's own (pickled) experiment state; sweep.json above proves this directory is
     # one `sweep launch` created. Never point `sweep resume` at storage that other people can write to.
@@ -368,4 +325,4 @@ def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: i
         resume_errored=True,
         restart_errored=False,
     )
-    return _finish(tuner.fit(), root)
+    return _finish(tuner.fit(), store)

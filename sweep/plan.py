@@ -76,7 +76,7 @@ class Plan:
             "-" * len(head),
             f"total compute {self.total_flops:.4g} FLOPs (C = 6ND) = {total_h:.4g} GPU-hours at MFU "
             f"{spec.plan.mfu:.0%} of {spec.plan.gpu_peak_tflops:g} TFLOP/s",
-            f"max_failures {spec.max_failures} per trial; evals {[e['benchmark'] for e in spec.eval] or 'none'}",
+            f"max_failures {spec.max_failures} per trial; evals {[e.benchmark for e in spec.eval] or 'none'}",
         ]
         gpus = {t.run_id: spec.resources_for(t.model).total_gpus for t in self.trials}
         if all(g > 0 for g in gpus.values()):

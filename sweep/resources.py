@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from slmscale.errors import SlmscaleError
 from slmscale.sweep.grid import GridSpec, Trial, TrialResources
@@ -136,7 +135,3 @@ def check_fits(spec: GridSpec, trials: Iterable[Trial], nodes: list[NodeShape]) 
                 f"({res.workers} worker(s)), but the cluster can offer at most {total_cpu:g} CPU and {total_gpu:g} GPU "
                 f"(nodes: {described})"
             )
-
-
-def describe_bundles(bundles: list[dict[str, Any]]) -> str:
-    return " + ".join(f"{{{', '.join(f'{k}: {v:g}' for k, v in b.items())}}}" for b in bundles)

@@ -1,12 +1,12 @@
 """`sweep results`: the results table (analysis/schema.py) from the finished trials of a sweep.
 
-Rows come from each run dir's `row.json` (training row of models.train + evaluation metrics), one per
-grid point by construction (the run dir is named by the trial's run_id), so a trial retried or resumed
-any number of times still contributes exactly one row. Nothing here unpickles Tune state.
+Rows come from each trial's `row.json` (training row of models.train + evaluation metrics; the layout is
+sweep/storage.py's), one per grid point by construction (the run dir is named by the trial's run_id), so a
+trial retried or resumed any number of times still contributes exactly one row. Nothing here unpickles Tune
+state.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import pandas as pd
 
 from slmscale.analysis.schema import validate_results, write_results
 from slmscale.errors import SlmscaleError
-from slmscale.sweep.trainable import ROW_FILE
+from slmscale.sweep.storage import read_sweep
 
 __all__ = ["sweep_results", "write_sweep_results"]
 
@@ -23,32 +23,24 @@ __all__ = ["sweep_results", "write_sweep_results"]
 def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> pd.DataFrame:
     """One row per finished trial, in grid order. Raises if none finished (or, with allow_partial=False, if any
     trial has not finished)."""
-    from slmscale.sweep.launch import RESULTS_FILE, read_sweep
-
-    root, sweep = read_sweep(storage)
-    run_root = Path(sweep["settings"]["run_root"])
-    if not run_root.is_dir():  # the storage was moved or mounted elsewhere: run dirs sit next to sweep.json
-        run_root = root / "runs"
+    store, sweep = read_sweep(storage)
+    root = store.root
     rows, missing = [], []
     for trial in sweep["trials"]:
-        path = run_root / trial["run_id"] / ROW_FILE
-        if not path.is_file():
+        run_dir = store.run_dir(trial["run_id"], sweep)
+        if not run_dir.is_done():
             missing.append(trial["run_id"])
             continue
-        try:
-            row = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise SlmscaleError(f"{path}: invalid JSON ({exc}); delete it and `sweep resume` to redo the trial's evaluation") from None
+        row = run_dir.read_row()
         if row.get("units_meta_hash") not in (None, sweep["units_meta_hash"]):
             raise SlmscaleError(
-                f"{path}: trained on unit dataset {str(row.get('units_meta_hash'))[:12]}, but the sweep's is "
+                f"{run_dir.row}: trained on unit dataset {str(row.get('units_meta_hash'))[:12]}, but the sweep's is "
                 f"{sweep['units_meta_hash'][:12]}; expected every trial on the same units"
             )
         row.update(run_id=trial["run_id"], sweep=sweep["grid"]["name"], budget=trial["budget"])
         # Tokenizer layer and K complete the provenance (the hash identifies the tokenizer; these say what it is).
-        run_json = run_root / trial["run_id"] / "run.json"
-        if run_json.is_file():
-            info = json.loads(run_json.read_text())
+        if run_dir.run_info.is_file():
+            info = run_dir.read_run_info()
             row.setdefault("tokenizer_layer", (info.get("tokenizer_info") or {}).get("layer"))
             row.setdefault("n_units", info.get("units_vocab_size"))
         rows.append(row)
@@ -61,13 +53,11 @@ def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> 
     # unique_tokens equals tokens for single-epoch runs); training rows give the pool size U.
     df["unique_tokens"] = np.minimum(df["unique_tokens"].astype(float), df["tokens"].astype(float))
     df["epochs"] = df["tokens"].astype(float) / df["unique_tokens"]
-    validate_results(df, source=f"{root}/{RESULTS_FILE}")
+    validate_results(df, source=str(store.results))
     return df
 
 
 def write_sweep_results(storage: str | os.PathLike, out: str | os.PathLike | None = None, *, allow_partial: bool = True) -> Path:
     """Write the results table (Parquet or CSV by extension; default STORAGE/results.parquet) atomically."""
-    from slmscale.sweep.launch import RESULTS_FILE, read_sweep
-
-    root, _ = read_sweep(storage)
-    return write_results(sweep_results(root, allow_partial=allow_partial), Path(out) if out else root / RESULTS_FILE)
+    store, _ = read_sweep(storage)
+    return write_results(sweep_results(store.root, allow_partial=allow_partial), Path(out) if out else store.results)

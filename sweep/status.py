@@ -1,6 +1,7 @@
 """`sweep status`: one line per trial — state, tokens done, loss, tokens/s, ETA — from files on the storage.
 
-Sources, all plain JSON (nothing is unpickled, so status is safe on any storage and needs no Ray):
+Sources, all plain JSON (nothing is unpickled, so status is safe on any storage and needs no Ray), named
+through sweep/storage.py:
   runs/<id>/row.json        present = FINISHED
   runs/<id>/metrics.jsonl   progress of the newest attempt (tokens, train/val loss, tokens/s, time)
   runs/<id>/attempt.json    attempt number, host and pid of the newest attempt
@@ -15,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmscale.sweep.trainable import ATTEMPT_FILE, ROW_FILE
+from slmscale.sweep.grid import format_count
+from slmscale.sweep.storage import read_sweep
 
 __all__ = ["sweep_status", "render_status", "tune_trial_states"]
 
@@ -65,28 +67,23 @@ def _last_metrics(path: Path) -> dict[str, Any]:
 
 def sweep_status(storage: str | os.PathLike) -> list[dict[str, Any]]:
     """One dict per trial of the sweep, in grid order."""
-    from slmscale.sweep.launch import TUNE_DIR, read_sweep
-
-    root, sweep = read_sweep(storage)
-    run_root = Path(sweep["settings"]["run_root"])
-    if not run_root.is_dir():
-        run_root = root / "runs"
-    tune_states = tune_trial_states(root / TUNE_DIR)
+    store, sweep = read_sweep(storage)
+    tune_states = tune_trial_states(store.tune_dir)
     now = time.time()
     rows = []
     for trial in sweep["trials"]:
-        run_dir = run_root / trial["run_id"]
+        run_dir = store.run_dir(trial["run_id"], sweep)
         tune_state = tune_states.get(trial["run_id"], {})
-        attempt = json.loads((run_dir / ATTEMPT_FILE).read_text()) if (run_dir / ATTEMPT_FILE).is_file() else {}
-        m = _last_metrics(run_dir / "metrics.jsonl")
+        attempt = run_dir.read_attempt()
+        m = _last_metrics(run_dir.metrics)
         target = int(trial["tokens"])
         row: dict[str, Any] = {
             "run_id": trial["run_id"], "model": trial["model"], "n_params": trial["n_params"], "tokens_target": target,
             "attempts": int(attempt.get("attempt", 0)), "host": attempt.get("host"),
             "tune_status": tune_state.get("status"), "failures": tune_state.get("num_failures", 0),
         }
-        if (run_dir / ROW_FILE).is_file():
-            final = json.loads((run_dir / ROW_FILE).read_text())
+        if run_dir.is_done():
+            final = run_dir.read_row()
             row.update(state="FINISHED", tokens_done=int(final["tokens"]), loss=float(final["loss"]),
                        tokens_per_s=float(final.get("tokens_per_s", math.nan)), eta_s=0.0, loss_kind="test")
         else:
@@ -124,8 +121,6 @@ def _fmt_duration(s: float) -> str:
 
 
 def render_status(rows: list[dict[str, Any]]) -> str:
-    from slmscale.sweep.grid import format_count
-
     # "last report" tells a live trial from one whose driver died (Tune's state still says RUNNING then).
     head = (f"{'run_id':<28} {'state':<10} {'tokens done':>17} {'loss':>12} {'tok/s':>8} {'ETA':>8} {'tries':>5} "
             f"{'last report':>11}")

@@ -126,3 +126,49 @@ def test_plan_cli_prints_every_trial(capsys):
     assert "40 trials" in out and "823M-D82.3B-s0" in out and "GPU-hours" in out
     assert main(["sweep", "plan", str(REPO / "nope.yaml")]) == 2
     assert "grid spec not found" in capsys.readouterr().err
+
+
+def test_token_counts_accept_suffixes_and_exponents():
+    n = count_params("tiny-100K", 500)
+    plan = make_plan(spec(d_over_n=..., tokens=["410M", 4.1e8 * 2, "1.5e9", "82.3B"], unique_tokens=[None, "100M"],
+                          seeds=[0]))
+    assert sorted({t.tokens for t in plan.trials}) == [410_000_000, 820_000_000, 1_500_000_000, 82_300_000_000]
+    assert {t.unique_tokens for t in plan.trials} == {None, 100_000_000}
+    assert "tiny-100K-D410M-U100M-s0" in {t.run_id for t in plan.trials}
+    isoflop = make_plan(spec(models=["tiny-100K"], d_over_n=..., flops=["2T"], seeds=[0]))
+    assert [t.tokens for t in isoflop.trials] == [round(2e12 / (6 * n))]
+    with pytest.raises(SlmscaleError, match=r"g.yaml: field 'tokens\[1\]': expected a number like 410M.*'12Q'"):
+        spec(d_over_n=..., tokens=["410M", "12Q"])
+    with pytest.raises(SlmscaleError, match=r"g.yaml: field 'tokens\[0\]': expected a whole number, got 1.5"):
+        spec(d_over_n=..., tokens=["1.5"])
+
+
+def test_every_error_is_named_and_a_typo_comes_first():
+    with pytest.raises(SlmscaleError) as err:
+        grid_from_dict({"name": "g", "modles": ["tiny-1M"], "d_over_n": [2], "seeds": [0, -1]}, source="g.yaml")
+    text = str(err.value)
+    assert text.startswith("g.yaml: field 'modles': unknown field, expected some of [")
+    assert "missing field 'models'" in text and "field 'seeds[1]': expected a non-negative whole number, got -1" in text
+    with pytest.raises(SlmscaleError, match=r"field 'eval\[1\]\.units': expected a path, got 3"):
+        spec(eval=["embedded:sblimp", {"benchmark": "b", "units": 3}])
+    with pytest.raises(SlmscaleError, match=r"g.yaml: expected a YAML mapping at the top level, got list"):
+        grid_from_dict([1], source="g.yaml")
+
+
+def test_spec_round_trips_through_its_dict(tmp_path):
+    """sweep.json records spec.to_dict(); `sweep resume` rebuilds the same spec from it."""
+    from slmscale.sweep.grid import with_changes
+
+    original = spec(eval=["embedded:sblimp", {"benchmark": "/b", "units": "/u"}], unique_tokens=[None, "1M"],
+                    model_resources={"tiny-1M": {"workers": 2}}, train={"lr": 1e-3}, max_concurrent=2)
+    raw = original.to_dict()
+    assert raw["eval"] == [{"benchmark": "embedded:sblimp"}, {"benchmark": "/b", "units": "/u"}]
+    assert raw["model_resources"] == {"tiny-1M": {"workers": 2, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0}}
+    again = grid_from_dict(yaml.safe_load(yaml.safe_dump(raw)), source="sweep.json")
+    assert again.to_dict() == raw and again.source == "sweep.json"
+    assert [t.run_id for t in make_plan(again).trials] == [t.run_id for t in make_plan(original).trials]
+    changed = with_changes(original, units="/units", max_concurrent=None)
+    assert changed.units == "/units" and changed.max_concurrent is None and changed.source == "g.yaml"
+    assert original.units is None  # specs are immutable
+    with pytest.raises(SlmscaleError, match="g.yaml: field 'units': expected a path"):
+        with_changes(original, units=5)

@@ -60,3 +60,30 @@ def test_status_states_progress_and_eta(tmp_path):
     text = render_status(list(rows.values()))
     assert "4k/10k" in text and "6s" in text and "1 error" in text and "of 5 trials" in text
     assert "1h00m ago" in text  # the stale trial shows how old its last report is
+
+
+def test_moved_storage_finds_its_run_dirs_next_to_sweep_json(tmp_path):
+    """sweep.json records the run dirs' absolute folder; when that folder is gone (the storage was moved or is
+    mounted elsewhere), status reads the runs/ folder next to sweep.json."""
+    import shutil
+
+    old = make_sweep(tmp_path / "old place", ["a", "b"], {"a": "TERMINATED", "b": "RUNNING"})
+    (old / "runs" / "a").mkdir()
+    (old / "runs" / "a" / "row.json").write_text(json.dumps({"tokens": 10_000, "loss": 2.25, "tokens_per_s": 50.0}))
+    report(old / "runs" / "b", 1, 3_000, 4.0, 3.75, 100.0)
+    new = tmp_path / "new place"
+    shutil.move(old, new)
+    assert json.loads((new / "sweep.json").read_text())["settings"]["run_root"] == str(old / "runs")  # stale
+    rows = {r["run_id"]: r for r in sweep_status(new)}
+    assert rows["a"]["state"] == "FINISHED" and rows["a"]["loss"] == 2.25
+    assert rows["b"]["state"] == "RUNNING" and rows["b"]["tokens_done"] == 3_000 and rows["b"]["loss"] == 3.75
+
+
+def test_a_row_that_is_not_json_is_a_clear_error(tmp_path):
+    from slmscale.errors import SlmscaleError
+
+    root = make_sweep(tmp_path, ["a"], {"a": "TERMINATED"})
+    (root / "runs" / "a").mkdir()
+    (root / "runs" / "a" / "row.json").write_text('{"tokens": 10')
+    with pytest.raises(SlmscaleError, match=r"row.json is not valid JSON.*sweep resume"):
+        sweep_status(root)

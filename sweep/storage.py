@@ -1,0 +1,165 @@
+"""The sweep's storage: the one owner of its on-disk layout.
+
+    STORAGE/
+      sweep.json         the expanded grid, unit dataset + its meta hash, trials, settings, code version
+                         (written first; `sweep resume`, `status` and `results` refuse a folder without it)
+      driver.json        host and pid of the driver (a second live driver on the same host is refused)
+      runs/<run_id>/     one training run dir per trial: the layout of models.rundir.RunDir, plus
+          attempt.json       host, pid, attempt number, start time, resumed_from_step of the newest attempt
+          sweep_evals.json   metrics of each finished evaluation, keyed by the grid's eval entry, so a
+                             restarted trial skips the evaluations already done
+          eval/<name>.json   the full result of each evaluation (written by models.evaluation)
+          row.json           the trial's results row, training + evaluation metrics: present = FINISHED
+      tune/              Ray Tune's experiment state (Tuner.restore reads it)
+      results.parquet    the results table, rewritten each time a trial finishes
+
+Every module of the sweep (and `slmscale demo`) names these paths through `SweepStorage` and `TrialDir`,
+never as string literals. The run dirs are `settings.run_root` of sweep.json; when that is not a directory
+(the storage was moved or is mounted elsewhere) they are the `runs/` folder next to sweep.json.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmscale.errors import SlmscaleError
+from slmscale.io import read_json
+from slmscale.models.rundir import RunDir
+
+__all__ = ["SweepStorage", "TrialDir", "resolve_storage", "read_sweep"]
+
+SWEEP_FILE = "sweep.json"
+DRIVER_FILE = "driver.json"
+TUNE_DIR = "tune"
+RUNS_DIR = "runs"
+RESULTS_FILE = "results.parquet"
+
+
+def resolve_storage(storage: str | os.PathLike) -> Path:
+    """An absolute local/shared-filesystem path (spaces are fine). URIs are refused with the reason."""
+    text = os.fspath(storage)
+    if not text.strip():
+        raise SlmscaleError("--storage: empty path")
+    if "://" in text and not text.startswith("file://"):
+        raise SlmscaleError(
+            f"--storage {text!r}: object-store URIs are not supported yet; run dirs and checkpoints must live on a "
+            f"filesystem every node mounts at the same path (e.g. EFS/NFS at /shared, see cluster.yaml)"
+        )
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    return Path(text).expanduser().resolve()
+
+
+class TrialDir(RunDir):
+    """A trial's run directory: the training run dir of models.rundir plus the files the sweep adds to it."""
+
+    @property
+    def row(self) -> Path:
+        """The trial's results row; its presence means the trial FINISHED."""
+        return self.path / "row.json"
+
+    @property
+    def attempt(self) -> Path:
+        return self.path / "attempt.json"
+
+    @property
+    def eval_index(self) -> Path:
+        return self.path / "sweep_evals.json"
+
+    @property
+    def eval_dir(self) -> Path:
+        """Where models.evaluation writes each benchmark's full result (<name>.json)."""
+        return self.path / "eval"
+
+    def is_done(self) -> bool:
+        return self.row.is_file()
+
+    def read_row(self) -> dict[str, Any]:
+        if self.row.is_file():
+            try:
+                return read_json(self.row, what="trial row")
+            except SlmscaleError as exc:
+                raise SlmscaleError(f"{exc}; delete it and `sweep resume` to redo the trial's evaluation") from None
+        raise SlmscaleError(f"{self.row}: not found; the trial has not finished")
+
+    def read_attempt(self) -> dict[str, Any]:
+        """The newest attempt's record, {} before the first attempt."""
+        return read_json(self.attempt, what="trial attempt") if self.attempt.is_file() else {}
+
+    def read_eval_index(self) -> dict[str, Any]:
+        return read_json(self.eval_index, what="evaluation index") if self.eval_index.is_file() else {}
+
+
+@dataclass(frozen=True)
+class SweepStorage:
+    """Paths of one sweep's storage folder. Cheap to build; touches the file system only when asked.
+
+    `SweepStorage(path)` takes the path as given; `SweepStorage.at(storage)` resolves user input (--storage)."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    @classmethod
+    def at(cls, storage: str | os.PathLike) -> SweepStorage:
+        return cls(resolve_storage(storage))
+
+    @classmethod
+    def of_sweep_file(cls, sweep_file: str | os.PathLike) -> SweepStorage:
+        return cls(Path(sweep_file).parent)
+
+    @property
+    def sweep_file(self) -> Path:
+        return self.root / SWEEP_FILE
+
+    @property
+    def driver_file(self) -> Path:
+        return self.root / DRIVER_FILE
+
+    @property
+    def tune_dir(self) -> Path:
+        """Ray Tune's experiment folder; its name is the Tune run's name."""
+        return self.root / TUNE_DIR
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where `sweep launch` puts the run dirs (recorded as settings.run_root in sweep.json)."""
+        return self.root / RUNS_DIR
+
+    @property
+    def results(self) -> Path:
+        return self.root / RESULTS_FILE
+
+    def exists(self) -> bool:
+        return self.sweep_file.exists()
+
+    def read_sweep(self) -> dict[str, Any]:
+        """sweep.json, refusing a directory that slmscale did not create."""
+        if not self.root.is_dir():
+            raise SlmscaleError(f"sweep storage not found: {self.root}")
+        if not self.sweep_file.is_file():
+            raise SlmscaleError(f"{self.root}: no {SWEEP_FILE} — not a sweep directory written by `slmscale sweep launch`")
+        return read_json(self.sweep_file, what="sweep file")
+
+    def run_root(self, sweep: dict[str, Any] | None = None) -> Path:
+        """The folder of the run dirs: sweep.json's settings.run_root when it is a directory, else `runs/` here."""
+        recorded = ((sweep or {}).get("settings") or {}).get("run_root")
+        if recorded and Path(recorded).is_dir():
+            return Path(recorded)
+        return self.runs_dir
+
+    def run_dir(self, run_id: str, sweep: dict[str, Any] | None = None) -> TrialDir:
+        """The run dir of trial `run_id` (pass sweep.json's content to honour its recorded run_root)."""
+        return TrialDir(self.run_root(sweep) / run_id)
+
+
+def read_sweep(storage: str | os.PathLike) -> tuple[SweepStorage, dict[str, Any]]:
+    """(the storage, its sweep.json) for user input naming a sweep folder."""
+    store = SweepStorage.at(storage)
+    return store, store.read_sweep()

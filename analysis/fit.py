@@ -25,8 +25,6 @@ from slmscale.io import code_version
 __all__ = ["FitConfig", "FitData", "FitResult", "fit_scaling_law", "epoch_grid", "FORMS"]
 
 FORMS = ("chinchilla", "data-constrained")
-# Parameter order inside the optimiser (Epoch's order), then the data-constrained extras.
-THETA_NAMES = ("a", "b", "e", "alpha", "beta", "log_R_N_star", "log_R_D_star")
 
 
 def epoch_grid() -> np.ndarray:

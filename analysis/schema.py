@@ -7,7 +7,6 @@ has N and compute C but no D, D = C / (6 N).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +170,3 @@ def write_results(df: pd.DataFrame, path: str | Path) -> Path:
         else:
             raise SlmscaleError(f"results output {path}: expected a .csv or .parquet extension")
     return path
-
-
-def is_finite_positive(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0

@@ -247,9 +247,6 @@ def eval_sequences(stream: np.ndarray, context: int, max_tokens: int | None, pad
     return ids.reshape(n, context), mask.reshape(n, context)
 
 
-PACKED_DIR = "data"
-
-
 def cached_unit_streams(units_dir: str | Path, cache_root: str | Path, val_fraction: float, test_fraction: float,
                         seed: int, units_meta_hash: str) -> UnitStreams:
     """`load_unit_streams`, packed once into CACHE_ROOT/<key>/{train,val,test}.npy and memory-mapped after.

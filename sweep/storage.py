@@ -68,11 +68,6 @@ class TrialDir(RunDir):
     def eval_index(self) -> Path:
         return self.path / "sweep_evals.json"
 
-    @property
-    def eval_dir(self) -> Path:
-        """Where models.evaluation writes each benchmark's full result (<name>.json)."""
-        return self.path / "eval"
-
     def is_done(self) -> bool:
         return self.row.is_file()
 

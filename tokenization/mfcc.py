@@ -97,10 +97,6 @@ class MfccConfig(BaseModel):
         return int(self.sample_rate * 0.001 * self.frame_shift_ms)
 
     @property
-    def n_fft(self) -> int:
-        return 1 << (self.win_length - 1).bit_length() if self.round_to_power_of_two else self.win_length
-
-    @property
     def frame_rate_hz(self) -> float:
         return self.sample_rate / self.hop_length
 

@@ -140,7 +140,6 @@ class UnitActor:
             except ImportError:  # optional: BLAS then uses its default thread count (Ray sets OMP_NUM_THREADS)
                 pass
         self.dedup = dedup
-        self.frame_rate = self.tokenizer.frame_rate_hz
 
     def _rows(self, batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
         return {

@@ -14,7 +14,6 @@ This module is deliberately light (pyarrow only) so that `models/` can read unit
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,16 +111,6 @@ def write_shard(path: str | Path, table: pa.Table) -> Path:
     with atomic_path(path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
     return Path(path)
-
-
-def iter_utterances(units_dir: str | Path, columns: tuple[str, ...] = ("utt_id", "units")) -> Iterator[dict[str, Any]]:
-    """Yield rows (as dicts of python values) of every shard in order."""
-    paths = shard_paths(units_dir)
-    if not paths:
-        raise SlmscaleError(f"{units_dir}: no shard-*.parquet files — the unit dataset is empty")
-    for p in paths:
-        table = pq.read_table(p, columns=list(columns))
-        yield from table.to_pylist()
 
 
 def read_units_table(units_dir: str | Path, columns: tuple[str, ...] | None = None) -> pa.Table:

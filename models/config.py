@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from slmscale.errors import SlmscaleError
+from slmscale.errors import SlmscaleError, explain_validation_error
 from slmscale.io import read_json
 from slmscale.models.ladder import LADDER, count_params, flops_per_token, get_size, lm_vocab_size
 from slmscale.models.rundir import RunDir
@@ -120,7 +120,7 @@ class TrainConfig(BaseModel):
         try:
             get_size(name)
         except SlmscaleError:
-            raise ValueError(f"unknown model size, expected one of {list(LADDER)}") from None
+            raise ValueError(f"unknown model size {name!r}, expected one of {list(LADDER)}") from None
         return name
 
     @model_validator(mode="after")
@@ -211,21 +211,8 @@ def expected_value(name: str) -> str:
 
 
 def _explain(exc: ValidationError, where: str) -> str:
-    """One line per pydantic error: `<where>: field '<name>' = <value>, expected <what>`."""
-    parts = []
-    for err in exc.errors():
-        name = str(err["loc"][0]) if err["loc"] else None
-        if name is None:  # a cross-field rule: its message names the field
-            parts.append(str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"])
-        elif err["type"] == "extra_forbidden":
-            parts.append(f"unknown field '{name}', expected one of the TrainConfig fields")
-        elif err["type"] == "missing":
-            parts.append(f"field '{name}' is required, expected {expected_value(name)}")
-        elif err["type"] == "value_error":
-            parts.append(f"field '{name}' = {err['input']!r}: {err['ctx']['error']}")
-        else:
-            parts.append(f"field '{name}' = {err['input']!r}, expected {expected_value(name)}")
-    return f"{where}: " + "; ".join(parts)
+    """One line naming each bad field and what it accepts (`expected_value`)."""
+    return explain_validation_error(exc, where, expected=expected_value, known=lambda loc: TrainConfig.model_fields)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -46,7 +46,7 @@ from pydantic import (
     model_validator,
 )
 
-from slmscale.errors import SlmscaleError
+from slmscale.errors import SlmscaleError, explain_validation_error
 
 __all__ = ["TrialResources", "PlanAssumptions", "EvalEntry", "GridSpec", "Trial", "grid_from_dict", "load_grid",
            "with_changes", "expand_grid", "format_count"]
@@ -329,37 +329,10 @@ _SECTIONS: dict[str, type[BaseModel]] = {"resources": TrialResources, "model_res
                                          "plan": PlanAssumptions, "eval": EvalEntry}
 
 
-def _field_path(loc: tuple) -> str:
-    """('eval', 1, 'units') -> "eval[1].units"."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _describe(error: dict[str, Any]) -> str:
-    loc, kind = tuple(error["loc"]), error["type"]
-    where = f"field '{_field_path(loc)}'" if loc else ""
-    if kind == "missing":
-        return f"missing {where}"
-    if kind == "extra_forbidden":
-        section = _SECTIONS.get(str(loc[0])) if len(loc) > 1 else None
-        known = sorted((section or GridSpec).model_fields)
-        return f"{where}: unknown field, expected some of {known}"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        what = f"{where}: expected a mapping, got {error['input']!r}"
-        return what if loc else what[2:]
-    if kind == "value_error":
-        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
-    else:
-        message = f"{error['msg'][0].lower()}{error['msg'][1:]}, got {error['input']!r}"
-    return f"{where}: {message}" if loc else message
-
-
-def _errors_of(exc: ValidationError) -> str:
-    # An unknown field usually explains a missing one (a typo): name it first.
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    return "; ".join(_describe(e) for e in errors)
+def _known_fields(loc: tuple) -> Iterable[str]:
+    """The fields allowed where an unknown one was found (a section's own, or the top level's)."""
+    section = _SECTIONS.get(str(loc[0])) if len(loc) > 1 else None
+    return (section or GridSpec).model_fields
 
 
 def grid_from_dict(raw: Any, source: str = "<grid>") -> GridSpec:
@@ -369,7 +342,7 @@ def grid_from_dict(raw: Any, source: str = "<grid>") -> GridSpec:
     try:
         spec = GridSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SlmscaleError(f"{source}: {_errors_of(exc)}") from None
+        raise SlmscaleError(explain_validation_error(exc, source, known=_known_fields)) from None
     spec._source = source
     return spec
 

@@ -93,7 +93,7 @@ def test_train_bad_field_value_names_the_field(tmp_path, capsys):
     base = ["train", "--units", str(units), "--model", "tiny-100K", "--tokens", "2k", "-o", str(tmp_path / "r")]
     assert main(base + ["--beta1", "1.5", "--plan"]) == 2
     err = capsys.readouterr().err
-    assert "field 'beta1' = 1.5, expected a finite number in [0, 1)" in err and len(err.strip().splitlines()) == 1
+    assert "field 'beta1': expected a finite number in [0, 1), got 1.5" in err and len(err.strip().splitlines()) == 1
     assert main(base + ["--lr", "1e-4", "--min-lr", "1e-3", "--plan"]) == 2
     assert "field 'min_lr' = 0.001, expected in [0, lr=0.0001]" in capsys.readouterr().err
     assert main(base + ["--resume", str(tmp_path / "r")]) == 2  # --resume takes the saved config's identity

@@ -60,8 +60,8 @@ def test_bad_values_name_the_field(kwargs, field, flag):
 
 
 def test_missing_fields_are_named():
-    with pytest.raises(SlmscaleError, match=r"field 'manifest' \(--manifest\): Field required; "
-                                            r"field 'out_dir' \(-o/--output\): Field required"):
+    with pytest.raises(SlmscaleError, match=r"^encode config: missing field 'manifest' \(--manifest\); "
+                                            r"missing field 'out_dir' \(-o/--output\)$"):
         EncodeConfig()
 
 

@@ -10,27 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from slmscale.errors import SlmscaleError
+from slmscale.errors import SlmscaleError, explain_validation_error
 
-__all__ = ["EncodeConfig", "explain_validation_error"]
-
-
-def explain_validation_error(exc: ValidationError, where: str, flags: dict[str, str] | None = None) -> str:
-    """One line for a pydantic ValidationError: `<where>: field '<name>' (<flag>): <what was wrong> (got <value>)`,
-    `; `-separated when several fields are wrong."""
-    parts = []
-    for err in exc.errors():
-        loc = [str(x) for x in err["loc"]]
-        msg = err["msg"].removeprefix("Value error, ")
-        if not loc:  # a whole-model validator: its message names the fields itself
-            parts.append(msg)
-            continue
-        name = ".".join(loc)
-        flag = (flags or {}).get(loc[0])
-        head = f"field '{name}'" + (f" ({flag})" if flag else "")
-        parts.append(f"{head}: {msg}" if err["type"] in ("missing", "extra_forbidden")
-                     else f"{head}: {msg} (got {err.get('input')!r})")
-    return f"{where}: " + "; ".join(parts)
+__all__ = ["EncodeConfig"]
 
 
 # field -> the `slmscale tokenize encode` option that sets it (named in error messages)
@@ -83,7 +65,7 @@ class EncodeConfig(BaseModel):
         try:
             super().__init__(**fields)
         except ValidationError as exc:
-            raise SlmscaleError(explain_validation_error(exc, "encode config", ENCODE_FLAGS)) from None
+            raise SlmscaleError(explain_validation_error(exc, "encode config", flags=ENCODE_FLAGS)) from None
 
     @field_validator("tokenizer")
     @classmethod

@@ -37,8 +37,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from slmscale.errors import SlmscaleError
-from slmscale.tokenization.config import explain_validation_error
+from slmscale.errors import SlmscaleError, explain_validation_error
 
 __all__ = ["DEFAULT_CONFIG", "MfccConfig", "MfccExtractor", "compute_deltas", "kaldi_mfcc", "mfcc_features"]
 

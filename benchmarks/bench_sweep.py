@@ -66,7 +66,7 @@ def main() -> int:
             direct_loss.append(row["loss"])
         t_direct = time.perf_counter() - t0
 
-        tune_loss = [storage.run_dir(t["run_id"], sweep).read_row()["loss"] for t in sweep["trials"]]
+        tune_loss = [storage.run_dir(t["run_id"]).read_row()["loss"] for t in sweep["trials"]]
         per_trial = (t_tune - t_direct) / args.trials
         mean_trial = t_direct / args.trials
         print(f"bench_sweep: {args.trials} trials of {args.model}, {args.tokens} tokens each, one at a time, "

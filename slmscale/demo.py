@@ -111,10 +111,10 @@ def _training_curves(sweep_dir: Path, df) -> tuple[dict, dict]:
 
     from slmscale.sweep.storage import read_sweep
 
-    storage, sweep = read_sweep(sweep_dir)
+    storage, _ = read_sweep(sweep_dir)
     curves, sizes = {}, {}
     for row in df.itertuples():
-        path = storage.run_dir(row.run_id, sweep).metrics
+        path = storage.run_dir(row.run_id).metrics
         if path.is_file():
             curves[row.run_id] = pd.read_json(path, lines=True)
             sizes[row.run_id] = float(row.n_params)

@@ -27,7 +27,7 @@ def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> 
     root = store.root
     rows, missing = [], []
     for trial in sweep["trials"]:
-        run_dir = store.run_dir(trial["run_id"], sweep)
+        run_dir = store.run_dir(trial["run_id"])
         if not run_dir.is_done():
             missing.append(trial["run_id"])
             continue

@@ -72,7 +72,7 @@ def sweep_status(storage: str | os.PathLike) -> list[dict[str, Any]]:
     now = time.time()
     rows = []
     for trial in sweep["trials"]:
-        run_dir = store.run_dir(trial["run_id"], sweep)
+        run_dir = store.run_dir(trial["run_id"])
         tune_state = tune_states.get(trial["run_id"], {})
         attempt = run_dir.read_attempt()
         m = _last_metrics(run_dir.metrics)

@@ -14,8 +14,9 @@
       results.parquet    the results table, rewritten each time a trial finishes
 
 Every module of the sweep (and `slmscale demo`) names these paths through `SweepStorage` and `TrialDir`,
-never as string literals. The run dirs are `settings.run_root` of sweep.json; when that is not a directory
-(the storage was moved or is mounted elsewhere) they are the `runs/` folder next to sweep.json.
+never as string literals. The run dirs are always the `runs/` folder next to sweep.json, wherever the storage
+is mounted (sweep.json's settings.run_root records the launch-time path, for the record only: trusting it
+after a move or copy would read, or train into, the old place).
 """
 from __future__ import annotations
 
@@ -124,7 +125,8 @@ class SweepStorage:
 
     @property
     def runs_dir(self) -> Path:
-        """Where `sweep launch` puts the run dirs (recorded as settings.run_root in sweep.json)."""
+        """The run dirs' folder. sweep.json records its launch-time path as settings.run_root, for the record
+        only: a storage that was moved, copied or is mounted elsewhere keeps its run dirs here."""
         return self.root / RUNS_DIR
 
     @property
@@ -142,16 +144,9 @@ class SweepStorage:
             raise SlmscaleError(f"{self.root}: no {SWEEP_FILE} — not a sweep directory written by `slmscale sweep launch`")
         return read_json(self.sweep_file, what="sweep file")
 
-    def run_root(self, sweep: dict[str, Any] | None = None) -> Path:
-        """The folder of the run dirs: sweep.json's settings.run_root when it is a directory, else `runs/` here."""
-        recorded = ((sweep or {}).get("settings") or {}).get("run_root")
-        if recorded and Path(recorded).is_dir():
-            return Path(recorded)
-        return self.runs_dir
-
-    def run_dir(self, run_id: str, sweep: dict[str, Any] | None = None) -> TrialDir:
-        """The run dir of trial `run_id` (pass sweep.json's content to honour its recorded run_root)."""
-        return TrialDir(self.run_root(sweep) / run_id)
+    def run_dir(self, run_id: str) -> TrialDir:
+        """The run dir of trial `run_id`: always in `runs/` next to sweep.json, wherever the storage is mounted."""
+        return TrialDir(self.runs_dir / run_id)
 
 
 def read_sweep(storage: str | os.PathLike) -> tuple[SweepStorage, dict[str, Any]]:

@@ -98,7 +98,7 @@ def run_trial(config: dict[str, Any]) -> None:
     sweep = storage.read_sweep()
     trial = next(t for t in sweep["trials"] if t["run_id"] == config["run_id"])
     settings = sweep["settings"]
-    run_dir = storage.run_dir(trial["run_id"], sweep)
+    run_dir = storage.run_dir(trial["run_id"])
     run_dir.path.mkdir(parents=True, exist_ok=True)
     if run_dir.is_done():  # finished in an earlier attempt (e.g. the driver died after the trial ended)
         _report_to_tune({**run_dir.read_row(), "done": True}, None)

@@ -77,6 +77,13 @@ def test_moved_storage_finds_its_run_dirs_next_to_sweep_json(tmp_path):
     rows = {r["run_id"]: r for r in sweep_status(new)}
     assert rows["a"]["state"] == "FINISHED" and rows["a"]["loss"] == 2.25
     assert rows["b"]["state"] == "RUNNING" and rows["b"]["tokens_done"] == 3_000 and rows["b"]["loss"] == 3.75
+    # A copy whose original still exists reads (and a resumed trial trains into) its own runs/, never the original.
+    copy = tmp_path / "copy"
+    shutil.copytree(new, copy)
+    shutil.copytree(new, old)  # the recorded run_root exists again, with other contents
+    (old / "runs" / "a" / "row.json").unlink()
+    rows = {r["run_id"]: r for r in sweep_status(copy)}
+    assert rows["a"]["state"] == "FINISHED" and rows["a"]["loss"] == 2.25
 
 
 def test_a_row_that_is_not_json_is_a_clear_error(tmp_path):

@@ -27,6 +27,7 @@ from slmscale.io import atomic_write_json, read_json
 from slmscale.models.rundir import RunDir
 
 __all__ = [
+    "complete_steps",
     "list_checkpoints",
     "latest_checkpoint",
     "write_checkpoint",
@@ -41,10 +42,15 @@ TRAINER_STATE = "trainer_state.json"
 IDENTITY_KEYS = ("model", "n_params", "vocab_size", "context")
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (trainer_state.json is written last), oldest first."""
+def complete_steps(run_dir: str | Path) -> list[int]:
+    """Steps of the complete checkpoints (trainer_state.json is written last), ascending."""
     rd = RunDir(run_dir)
-    return [rd.checkpoint(s) for s in rd.checkpoint_steps() if (rd.checkpoint(s) / TRAINER_STATE).is_file()]
+    return [s for s in rd.checkpoint_steps() if (rd.checkpoint(s) / TRAINER_STATE).is_file()]
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    return [RunDir(run_dir).checkpoint(s) for s in complete_steps(run_dir)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

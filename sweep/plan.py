@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from slmscale.errors import SlmscaleError
 from slmscale.sweep.grid import GridSpec, Trial, expand_grid, format_count
@@ -12,10 +11,10 @@ __all__ = ["Plan", "make_plan", "vocab_for"]
 
 def vocab_for(spec: GridSpec, units: str | None) -> tuple[int, str]:
     """K (unit vocabulary) for parameter counts: the unit dataset's meta.json when it exists, else the grid's n_units."""
-    if units and (Path(units) / "meta.json").is_file():
-        from slmscale.tokenization.schema import read_meta
+    from slmscale.tokenization.schema import meta_path, read_meta
 
-        return read_meta(units).vocab_size, f"{units}/meta.json"
+    if units and meta_path(units).is_file():
+        return read_meta(units).vocab_size, str(meta_path(units))
     return spec.n_units, f"{spec.source}: n_units"
 
 

@@ -103,15 +103,15 @@ def run_trial(config: dict[str, Any]) -> None:
     if run_dir.is_done():  # finished in an earlier attempt (e.g. the driver died after the trial ended)
         _report_to_tune({**run_dir.read_row(), "done": True}, None)
         return
-    from slmscale.models.checkpoint import latest_checkpoint
+    from slmscale.models.checkpoint import complete_steps
 
     previous = run_dir.read_attempt()
-    newest = latest_checkpoint(run_dir.path)
+    steps = complete_steps(run_dir.path)
     atomic_write_json(
         run_dir.attempt,
         {"attempt": int(previous.get("attempt", 0)) + 1, "host": socket.gethostname(), "pid": os.getpid(),
          "started": time.time(), "run_id": trial["run_id"],
-         "resumed_from_step": int(newest.name.split("-")[1]) if newest else 0},
+         "resumed_from_step": steps[-1] if steps else 0},
     )
 
     from slmscale.models.train import train

@@ -76,13 +76,18 @@ class UnitsMeta:
         return asdict(self)
 
 
+def meta_path(units_dir: str | Path) -> Path:
+    """UNITS_DIR/meta.json: the file whose presence makes a folder a unit dataset."""
+    return Path(units_dir) / "meta.json"
+
+
 def write_meta(units_dir: str | Path, meta: UnitsMeta) -> Path:
     meta.validate()
-    return atomic_write_json(Path(units_dir) / "meta.json", meta.to_dict())
+    return atomic_write_json(meta_path(units_dir), meta.to_dict())
 
 
 def read_meta(units_dir: str | Path) -> UnitsMeta:
-    path = Path(units_dir) / "meta.json"
+    path = meta_path(units_dir)
     if not Path(units_dir).is_dir():
         raise SlmscaleError(f"unit dataset not found: {units_dir} is not a directory")
     if not path.is_file():
@@ -98,7 +103,7 @@ def read_meta(units_dir: str | Path) -> UnitsMeta:
 
 def meta_hash(units_dir: str | Path) -> str:
     """sha256 of meta.json: identifies a unit dataset in results-table provenance."""
-    return sha256_bytes((Path(units_dir) / "meta.json").read_bytes())
+    return sha256_bytes(meta_path(units_dir).read_bytes())
 
 
 def shard_paths(units_dir: str | Path) -> list[Path]:

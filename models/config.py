@@ -8,14 +8,15 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmscale.errors import SlmscaleError, explain_validation_error
 from slmscale.io import read_json
 from slmscale.models.ladder import LADDER, count_params, flops_per_token, get_size, lm_vocab_size
 from slmscale.models.rundir import RunDir
+from slmscale.typed import TypedConfig
 
 __all__ = ["TrainConfig", "RunPlan", "make_plan", "RESUME_MAY_CHANGE", "field_type", "expected_value"]
 
@@ -45,7 +46,7 @@ def _count(default: int | None, description: str) -> Any:
     return Field(default, gt=0, description=description)
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(TypedConfig):
     """One training run. Defaults are the paper's (AdamW 0.9/0.95, wd 0.1, peak LR 5e-4 cosine to 5e-5,
     clip 1.0, tokens per update per model size); every field can be overridden.
 
@@ -53,6 +54,7 @@ class TrainConfig(BaseModel):
     not, `validate()` checks the current values again."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    config_name: ClassVar[str] = "train config"
 
     units_dir: PathStr = Field(min_length=1, description="unit dataset directory (tokenization/schema.py layout)")
     model: str = Field(description=f"ladder size (models/ladder.py): {' '.join(LADDER)}")
@@ -108,11 +110,10 @@ class TrainConfig(BaseModel):
                                                          "None: RUN_DIR/data")
     progress: bool = Field(True, description="show a tqdm progress bar")
 
-    def __init__(self, /, **fields: Any) -> None:
-        try:
-            super().__init__(**fields)
-        except ValidationError as exc:
-            raise SlmscaleError(_explain(exc, "train config")) from None
+    @classmethod
+    def explain(cls, exc: ValidationError, where: str) -> str:
+        """One line naming each bad field and what it accepts (`expected_value`)."""
+        return explain_validation_error(exc, where, expected=expected_value, known=lambda loc: cls.model_fields)
 
     @field_validator("model")
     @classmethod
@@ -159,7 +160,7 @@ class TrainConfig(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise SlmscaleError(_explain(exc, where)) from None
+            raise SlmscaleError(cls.explain(exc, where)) from None
 
     @classmethod
     def load(cls, run_dir: str | Path) -> TrainConfig:
@@ -208,11 +209,6 @@ def expected_value(name: str) -> str:
         elif high:
             text += f" {'<' if high[-1] == ')' else '<='} {high[:-1]}"
     return f"{text} or None" if nullable else text
-
-
-def _explain(exc: ValidationError, where: str) -> str:
-    """One line naming each bad field and what it accepts (`expected_value`)."""
-    return explain_validation_error(exc, where, expected=expected_value, known=lambda loc: TrainConfig.model_fields)
 
 
 @dataclass(frozen=True)

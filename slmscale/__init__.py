@@ -10,6 +10,7 @@ One import root, four stages along the data path, and a small core that every st
     slmscale.errors     SlmscaleError (bad user input; the CLI prints it as one line)
     slmscale.io         atomic writes, checksums, code version
     slmscale.ray_utils  ensure_ray: join a cluster or start a local Ray
+    slmscale.typed      TypedConfig: base of the typed configs (bad values raise SlmscaleError)
     slmscale.cli        the `slmscale` command (`python -m slmscale`)
     slmscale.demo       `slmscale demo`: the whole study end to end on an embedded default
 

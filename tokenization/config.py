@@ -5,12 +5,13 @@ names the field (and the `slmscale tokenize encode` flag that sets it), printed 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from slmscale.errors import SlmscaleError, explain_validation_error
+from slmscale.typed import TypedConfig
 
 __all__ = ["EncodeConfig"]
 
@@ -28,7 +29,7 @@ RUN_SETTINGS = ("rows_per_shard", "chunk_s", "dedup", "actors", "gpus_per_actor"
                 "window_rows")
 
 
-class EncodeConfig(BaseModel):
+class EncodeConfig(TypedConfig):
     """Everything `tokenization.encode.encode` runs from: inputs, tokenizer, output, and how Ray Data runs it.
 
     `encode(manifest, tokenizer, out_dir, **options)` builds one; `encode(EncodeConfig(...))` takes one directly.
@@ -37,6 +38,8 @@ class EncodeConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    config_name: ClassVar[str] = "encode config"
+    config_flags: ClassVar[Mapping[str, str]] = ENCODE_FLAGS
 
     manifest: Path = Field(description="manifest Parquet from `tokenize manifest` or `tokenize synth`")
     tokenizer: str = Field("mfcc", description="'mfcc' (embedded, shipped codebook) or 'hubert:DIR' (a local "
@@ -60,12 +63,6 @@ class EncodeConfig(BaseModel):
     window_rows: int = Field(100_000, ge=1, description="manifest rows per Ray Data execution (whole shards): "
                                                         "bounds the driver's bookkeeping on huge manifests")
     progress: bool = Field(True, description="show a progress bar of files encoded")
-
-    def __init__(self, /, **fields: Any) -> None:
-        try:
-            super().__init__(**fields)
-        except ValidationError as exc:
-            raise SlmscaleError(explain_validation_error(exc, "encode config", flags=ENCODE_FLAGS)) from None
 
     @field_validator("tokenizer")
     @classmethod

@@ -32,20 +32,22 @@ features unchanged. Everything is deterministic (no dither): the same waveform a
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from slmscale.errors import SlmscaleError, explain_validation_error
+from slmscale.errors import SlmscaleError
+from slmscale.typed import TypedConfig
 
 __all__ = ["DEFAULT_CONFIG", "MfccConfig", "MfccExtractor", "compute_deltas", "kaldi_mfcc", "mfcc_features"]
 
-class MfccConfig(BaseModel):
+class MfccConfig(TypedConfig):
     """The MFCC settings. Defaults = torchaudio.compliance.kaldi.mfcc(use_energy=False) + deltas (HuBERT iter. 0)
     + our per-utterance CMVN. All fields go into the tokenizer hash (via `MfccExtractor.describe()`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    config_name: ClassVar[str] = "mfcc config"
 
     sample_rate: int = Field(16000, gt=0, description="input sample rate in Hz (Kaldi/torchaudio sample_frequency)")
     frame_length_ms: float = Field(25.0, gt=0, description="analysis window length in milliseconds")
@@ -65,12 +67,6 @@ class MfccConfig(BaseModel):
     cepstral_lifter: float = Field(22.0, ge=0.0, description="Kaldi lifter Q: c_i *= 1 + Q/2 sin(pi i / Q); 0 = none")
     delta_window: int = Field(2, gt=0, description="deltas regress over +-N frames (torchaudio win_length = 2N + 1)")
     cmvn: bool = Field(True, description="ours, not HuBERT's: per-utterance mean/variance normalisation of all dims")
-
-    def __init__(self, **data):
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            raise SlmscaleError(explain_validation_error(e, "mfcc config")) from None
 
     @model_validator(mode="after")
     def _cross_field(self) -> MfccConfig:

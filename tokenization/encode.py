@@ -246,41 +246,23 @@ def encode(
     manifest: str | Path | EncodeConfig,
     tokenizer: str | None = None,
     out_dir: str | Path | None = None,
-    *,
-    layer: int | None = None,
-    kmeans: str | Path | None = None,
-    actors: int | None = None,
-    gpus_per_actor: float | None = None,
-    dedup: bool = True,
-    rows_per_shard: int = 1000,
-    chunk_s: float = 60.0,
-    batch_size: int | None = None,
-    window_rows: int = 100_000,
-    progress: bool = True,
+    **options: Any,
 ) -> UnitsMeta:
     """Encode every file of `manifest` with `tokenizer` ("mfcc" or "hubert:DIR") into the unit dataset `out_dir`.
 
-    Either the separate arguments (they build an `EncodeConfig`, whose field descriptions document them) or one
-    `EncodeConfig` as the only argument: `encode(EncodeConfig(manifest=..., out_dir=..., ...))`.
+    `options` are the other `EncodeConfig` fields (layer, kmeans, actors, gpus_per_actor, dedup, rows_per_shard,
+    chunk_s, batch_size, decode_cpus, window_rows, progress; their descriptions and defaults are the schema's),
+    or pass one `EncodeConfig` as the only argument: `encode(EncodeConfig(manifest=..., out_dir=..., ...))`.
     Resumable: finished shards are kept and skipped. Returns the written meta.json. Files that cannot be
     encoded are listed in rejects.parquet with their reason; files in = encoded + rejected.
     """
+    named = {k: v for k, v in (("tokenizer", tokenizer), ("out_dir", out_dir)) if v is not None}
     if isinstance(manifest, EncodeConfig):
-        others = {"tokenizer": tokenizer, "out_dir": out_dir, "layer": layer, "kmeans": kmeans, "actors": actors,
-                  "gpus_per_actor": gpus_per_actor, "batch_size": batch_size}
-        given = [k for k, v in others.items() if v is not None] + [
-            k for k, v, default in (("dedup", dedup, True), ("rows_per_shard", rows_per_shard, 1000),
-                                    ("chunk_s", chunk_s, 60.0), ("window_rows", window_rows, 100_000),
-                                    ("progress", progress, True)) if v != default]
-        if given:
-            raise TypeError(f"encode(EncodeConfig): the config holds every setting; also got {', '.join(given)}")
-        cfg = manifest
-    else:
-        cfg = EncodeConfig(manifest=manifest, out_dir=out_dir, layer=layer, kmeans=kmeans, actors=actors,
-                           gpus_per_actor=gpus_per_actor, dedup=dedup, rows_per_shard=rows_per_shard,
-                           chunk_s=chunk_s, batch_size=batch_size, window_rows=window_rows, progress=progress,
-                           **({} if tokenizer is None else {"tokenizer": tokenizer}))
-    return _encode(cfg)
+        if named or options:
+            raise TypeError(f"encode(EncodeConfig): the config holds every setting; also got "
+                            f"{', '.join([*named, *options])}")
+        return _encode(manifest)
+    return _encode(EncodeConfig(manifest=manifest, **named, **options))
 
 
 def _encode(cfg: EncodeConfig) -> UnitsMeta:

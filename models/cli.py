@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 TRAIN_DESCRIPTION = """\
@@ -25,15 +26,13 @@ Examples:
 
 def _int_tokens(text: str) -> int:
     """Token counts accept 2000000, 2e6, 2M, 500k, 1.5B."""
-    t = text.strip().replace("_", "").replace(",", "")
-    scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}.get(t[-1:].lower(), 1)
-    if scale != 1:
-        t = t[:-1]
+    from slmscale.typed import parse_count
+
     try:
-        value = float(t) * scale
+        value = parse_count(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a token count like 2000000, 2e6 or 2M, got {text!r}") from None
-    if value != int(value) or value <= 0:
+    if not math.isfinite(value) or value != int(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive whole number of tokens, got {text!r}")
     return int(value)
 

@@ -28,7 +28,6 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,11 +46,11 @@ from pydantic import (
 )
 
 from slmscale.errors import SlmscaleError, explain_validation_error
+from slmscale.typed import parse_count
 
 __all__ = ["TrialResources", "PlanAssumptions", "EvalEntry", "GridSpec", "Trial", "grid_from_dict", "load_grid",
            "with_changes", "expand_grid", "format_count"]
 
-_COUNT_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 # Fields of models.train.TrainConfig that every trial gets from the grid itself, so `train` may not set them.
 RESERVED_TRAIN_FIELDS = frozenset({"units_dir", "model", "tokens", "out_dir", "unique_tokens", "seed", "workers",
                                    "gpus_per_worker"})
@@ -66,17 +65,9 @@ def _parse_number(value: Any, *, integer: bool = False, positive: bool = True, a
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
     if isinstance(value, str):
-        text = value.strip().replace("_", "").replace(",", "")
-        scale = _COUNT_SUFFIX.get(text[-1:].lower()) if count else None
         try:
-            if scale:
-                exact = Decimal(text[:-1]) * scale
-                if not exact.is_finite():
-                    raise InvalidOperation
-                value = int(exact) if exact == exact.to_integral_value() else float(exact)
-            else:
-                value = float(text)
-        except (ValueError, InvalidOperation):
+            value = parse_count(value) if count else float(value.strip().replace("_", "").replace(",", ""))
+        except ValueError:
             like = " like 410M, 4.1e8 or 410000000" if count else ""
             raise ValueError(f"expected a number{like}, got {value!r}") from None
     if not isinstance(value, (int, float)) or not math.isfinite(value):

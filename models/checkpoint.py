@@ -8,8 +8,12 @@
       trainer_state.json   data position (updates done, sequences and tokens read), numpy/python RNG,
                            model identity (size, n_params, vocab, context) checked on resume
 
-A checkpoint is written into a hidden temporary directory and renamed into place, so a `step-*` directory
-is always complete; a crash mid-write leaves only a `.tmp-*` directory, removed on the next start.
+A checkpoint is written into a hidden temporary directory, fsynced, and renamed into place (the parent is fsynced
+too), so a `step-*` directory is always complete; a crash mid-write leaves only a `.tmp-*` directory, removed on
+the next start. trainer_state.json, written last, records the SHA-256 of every other file. Before a run resumes,
+`newest_intact_checkpoint` checks the newest checkpoint against those checksums (a checkpoint from before they
+were recorded: by loading every file) and falls back to the newest intact one; a broken checkpoint is moved aside
+to `checkpoints/broken-step-N` with the reason in `broken-step-N/why.txt` (kept for inspection, never resumed from).
 """
 from __future__ import annotations
 
@@ -17,19 +21,23 @@ import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from slmscale.errors import SlmscaleError
-from slmscale.io import atomic_write_json, read_json
+from slmscale.io import atomic_write_json, atomic_write_text, fsync_path, read_json, sha256_file
 from slmscale.models.rundir import RunDir
 
 __all__ = [
     "complete_steps",
     "list_checkpoints",
     "latest_checkpoint",
+    "newest_intact_checkpoint",
+    "checkpoint_problem",
+    "save_model",
     "write_checkpoint",
     "read_checkpoint",
     "check_identity",
@@ -105,18 +113,97 @@ def write_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    unwrapped_model.save_pretrained(tmp / "model", state_dict=model_state, safe_serialization=True)
+    save_model(unwrapped_model, tmp / "model", model_state)
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler_state, tmp / "scheduler.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
-    atomic_write_json(tmp / TRAINER_STATE, {**trainer_state, "rng": _rng_state_json()})
+    files = _data_files(tmp)
+    for f in files:
+        fsync_path(f)
+    checksums = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in files}
+    atomic_write_json(tmp / TRAINER_STATE, {**trainer_state, "rng": _rng_state_json(), "files": checksums})
+    fsync_path(tmp / "model")
+    fsync_path(tmp)
     if final.exists():  # a previous attempt got this far: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
+    fsync_path(final.parent)
     return final
+
+
+def save_model(unwrapped_model, out_dir: Path, state_dict: dict | None = None) -> None:
+    """`save_pretrained` (config.json + model.safetensors) with the file modes of every other file we write:
+    safetensors' writer leaves model.safetensors 0600 (its temporary file's mode), unreadable to a colleague
+    who can read the rest of the run."""
+    unwrapped_model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in _data_files(out_dir):
+        os.chmod(f, 0o666 & ~umask)
+
+
+def _data_files(folder: Path) -> list[Path]:
+    """Every file under `folder` except trainer_state.json, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TRAINER_STATE)
+
+
+def checkpoint_problem(ckpt: Path, expected: dict[str, Any]) -> str | None:
+    """Why `ckpt` cannot be resumed from (a file missing, truncated, altered or unreadable), or None when it is
+    intact. A checkpoint of another model (size, vocab, context) is not a broken one: that raises SlmscaleError."""
+    try:
+        state = check_identity(ckpt, expected)
+    except SlmscaleError as exc:
+        if "belongs to another model" in str(exc):
+            raise
+        return f"{TRAINER_STATE} unreadable ({exc})"
+    recorded = state.get("files")
+    if isinstance(recorded, dict):  # checksums recorded at write time: the cheap, complete check
+        for rel, digest in sorted(recorded.items()):
+            f = ckpt / rel
+            if not f.is_file():
+                return f"{rel} is missing"
+            if sha256_file(f) != digest:
+                return f"{rel} does not match the SHA-256 recorded when it was written (truncated or altered)"
+        return None
+    try:  # a checkpoint from before checksums were recorded: every file must load
+        read_checkpoint(ckpt, expected)
+    except SlmscaleError as exc:
+        return str(exc)
+    except Exception as exc:  # safetensors / torch errors of a truncated file
+        return f"a file does not load ({type(exc).__name__}: {str(exc)[:200]})"
+    return None
+
+
+def newest_intact_checkpoint(run_dir: str | Path, expected: dict[str, Any]) -> Path | None:
+    """The newest checkpoint that passes `checkpoint_problem`, None when the run has none. Each newer, broken one
+    is moved aside to `checkpoints/broken-step-N` (with why.txt) and reported on stderr, so that neither this
+    resume nor any later one tries it again. Raises SlmscaleError only when checkpoints exist and none is intact."""
+    rd = RunDir(run_dir)
+    problems: list[str] = []
+    for step in reversed(complete_steps(run_dir)):
+        ckpt = rd.checkpoint(step)
+        problem = checkpoint_problem(ckpt, expected)
+        if problem is None:
+            if problems:
+                print(f"{rd.path}: resuming from the checkpoint of step {step} instead", file=sys.stderr, flush=True)
+            return ckpt
+        aside = ckpt.parent / f"broken-{ckpt.name}"
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(ckpt, aside)
+        atomic_write_text(aside / "why.txt", problem + "\n")
+        problems.append(f"step {step}: {problem}")
+        print(f"{rd.path}: checkpoint of step {step} is broken ({problem}); moved aside to {aside.name}",
+              file=sys.stderr, flush=True)
+    if problems:
+        raise SlmscaleError(
+            f"{rd.checkpoints}: no intact checkpoint to resume from ({'; '.join(problems)}); the broken ones are kept "
+            f"as broken-step-*; expected at least one intact checkpoint, or remove {rd.checkpoints} to start over"
+        )
+    return None
 
 
 def check_identity(ckpt: Path, expected: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slmscale.errors import SlmscaleError, explain_validation_error
 from slmscale.io import read_json
@@ -37,8 +45,14 @@ def _path_to_str(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-# A path given as str or os.PathLike, stored as str (config.json stays plain JSON).
-PathStr = Annotated[str, BeforeValidator(_path_to_str)]
+def _absolute(value: str) -> str:
+    """A local path made absolute against the working directory it was given in (config.json must mean the
+    same from any other directory: `train --resume` elsewhere, a sweep worker); a URI (scheme://) is kept."""
+    return value if "://" in value else os.path.abspath(os.path.expanduser(value))
+
+
+# A path given as str or os.PathLike, stored as an absolute str (config.json stays plain JSON).
+PathStr = Annotated[str, BeforeValidator(_path_to_str), AfterValidator(_absolute)]
 
 
 def _count(default: int | None, description: str) -> Any:

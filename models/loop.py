@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from slmscale.io import atomic_write_json, code_version
+from slmscale.io import atomic_write_json, code_version, json_safe
 from slmscale.models import checkpoint as ckpt_io
 from slmscale.models.config import RunPlan, TrainConfig
 from slmscale.models.data import SequenceSampler, cached_unit_streams, eval_sequences
@@ -151,11 +151,6 @@ def _set_state(model, unwrapped, optimizer, loaded: dict, where: Path, fsdp: boo
         return
     ckpt_io.load_model_state(unwrapped, loaded["model_state"], where)
     optimizer.load_state_dict(loaded["optimizer_state"])
-
-
-def _strict_json(metrics: dict) -> dict:
-    """NaN/inf -> null, so metrics.jsonl is standard JSON (jq, browsers); e.g. MFU on a CPU is unknown."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
 
 def _truncate_metrics(path: Path, after_step: int) -> None:
@@ -293,7 +288,7 @@ class _Worker:
         the in-process callback with the checkpoint's path (`metrics["checkpoint_dir"]`, None without one)."""
         if self.ctx.rank == 0:
             with open(self.run_dir.metrics, "a") as f:  # before the checkpoint: see _truncate_metrics
-                f.write(json.dumps(_strict_json(metrics)) + "\n")
+                f.write(json.dumps(json_safe(metrics)) + "\n")  # NaN -> null: MFU on a CPU is unknown
         ckpt_path = self.save_checkpoint(step) if checkpoint else None
         metrics["checkpoint_dir"] = ckpt_path
         if self.ctx.ray:
@@ -345,7 +340,7 @@ class _Worker:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        self.unwrapped.save_pretrained(self.run_dir.model, state_dict=model_state, safe_serialization=True)
+        ckpt_io.save_model(self.unwrapped, self.run_dir.model, model_state)
         final = {
             "test_loss": test_loss,
             "val_loss": last_val,
@@ -358,7 +353,7 @@ class _Worker:
             "runtime": self.rt,
             "split_utterances": self.streams.utterances,
         }
-        atomic_write_json(self.run_dir.final, final)
+        atomic_write_json(self.run_dir.final, json_safe(final))  # standard JSON: an unknown MFU is null, not NaN
         return final
 
 

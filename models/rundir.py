@@ -1,6 +1,7 @@
 """The training run directory: the one owner of its layout (models -> sweep, evaluation).
 
     RUN_DIR/
+      .lock              held by the run's one writer (see slmscale/locks.py)
       config.json        the TrainConfig (resuming with a different config is refused)
       run.json           provenance: model + HF config, n_params, seed, tokenizer (id, hash), units, code version
       metrics.jsonl      one JSON object per report
@@ -39,6 +40,11 @@ class RunDir:
 
     def __fspath__(self) -> str:
         return str(self.path)
+
+    @property
+    def lock(self) -> Path:
+        """Lock file of the one writer (slmscale.locks.exclusive_lock): `train` and a sweep trial hold it."""
+        return self.path / ".lock"
 
     @property
     def config(self) -> Path:

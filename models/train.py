@@ -19,7 +19,8 @@ import pandas as pd
 from slmscale.analysis.schema import write_results
 from slmscale.errors import SlmscaleError
 from slmscale.io import atomic_write_json, code_version
-from slmscale.models.checkpoint import check_identity, latest_checkpoint
+from slmscale.locks import locked_folder
+from slmscale.models.checkpoint import newest_intact_checkpoint
 from slmscale.models.config import RunPlan, TrainConfig, make_plan
 from slmscale.models.data import SequenceSampler, cached_unit_streams
 from slmscale.models.ladder import llama_config
@@ -72,10 +73,11 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
                 f"{rd.path} was started on ({str(info.get('units_meta_hash'))[:12]}); expected the same units"
             )
 
-    latest = latest_checkpoint(rd.path)
-    if latest is not None:  # e.g. checkpoints copied in from a run of another size
-        check_identity(latest, {"model": cfg.model, "n_params": plan.n_params, "vocab_size": plan.vocab_size,
-                                "context": plan.context})
+    # The workers resume from the newest checkpoint: make sure it is intact first (a node lost mid-write, a
+    # truncated copy), falling back to an older one; refuses checkpoints of another model (copied in by mistake).
+    if not rd.is_finished():
+        newest_intact_checkpoint(rd.path, {"model": cfg.model, "n_params": plan.n_params,
+                                           "vocab_size": plan.vocab_size, "context": plan.context})
 
     # Data checks (cheap next to training): ids in range, every split non-empty, U available.
     rd.path.mkdir(parents=True, exist_ok=True)
@@ -129,11 +131,16 @@ def results_row(cfg: TrainConfig, plan: RunPlan, info: dict[str, Any], final: di
         "seed": int(cfg.seed),
         "code_version": info["code_version"],
         "flops_exact": float(plan.flops_per_token) * tokens,
-        "tokens_per_s": float(final["tokens_per_s"]),
-        "mfu": float(final["mfu"]),
-        "val_loss": float(final["val_loss"]),
+        "tokens_per_s": _number(final.get("tokens_per_s")),
+        "mfu": _number(final.get("mfu")),
+        "val_loss": _number(final.get("val_loss")),
         "run_dir": str(Path(cfg.out_dir).resolve()),
     }
+
+
+def _number(value: Any) -> float:
+    """A final.json number; null (unknown, e.g. MFU on a CPU) is NaN in the table."""
+    return float("nan") if value is None else float(value)
 
 
 def train(cfg: TrainConfig, report: ReportFn | None = None, *, ray_callbacks: list | None = None) -> dict[str, Any]:
@@ -144,8 +151,16 @@ def train(cfg: TrainConfig, report: ReportFn | None = None, *, ray_callbacks: li
     picklable, and it is called at checkpoints and at the end only (metrics.jsonl has every report); inside a Ray Tune trial, worker reports are forwarded to Tune automatically
     (`ray.tune.integration.ray_train.TuneReportCallback`), and `ray_callbacks` adds further Train v2
     `UserCallback`s."""
-    plan, info = prepare_run(cfg)
+    cfg.validate()
     rd = RunDir(cfg.out_dir)
+    # One writer per run directory, taken before any check or write (two `train -o same` at once would
+    # interleave metrics.jsonl and overwrite each other's config/run records).
+    with locked_folder(rd.path, rd.lock.name, what=f"run directory {rd.path}"):
+        return _train_locked(cfg, rd, report, ray_callbacks)
+
+
+def _train_locked(cfg: TrainConfig, rd: RunDir, report: ReportFn | None, ray_callbacks: list | None) -> dict[str, Any]:
+    plan, info = prepare_run(cfg)
     if not rd.is_finished():
         if cfg.workers > 1 or cfg.use_ray:
             from slmscale.models.ray_train import run_torch_trainer

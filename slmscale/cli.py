@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ REGISTRARS = (
     "slmscale.tokenization.cli",  # slmscale tokenize ...
     "slmscale.models.cli",  # slmscale models, slmscale train
     "slmscale.models.evaluation.cli",  # slmscale eval
+    "slmscale.models.generation.cli",  # slmscale generate
     "slmscale.sweep.commands",  # slmscale sweep ...
     "slmscale.demo",  # slmscale demo
     "slmscale.analysis.cli",  # slmscale fit, optimal, downstream, report
@@ -72,13 +74,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         rc = args.handler(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not as noise at interpreter exit
     except SlmscaleError as exc:
         print(f"slmscale {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"slmscale {args.command}: interrupted; finished work is kept and a rerun resumes it", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`slmscale sweep status --json | head`): nothing left to say, and Python's own
+        # flush at exit would fail again on the dead pipe, so point stdout at /dev/null first.
+        _silence_stdout()
+        print(f"slmscale {args.command}: error: the reader closed the output pipe before all was written", file=sys.stderr)
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
+    except OSError as exc:  # a path that is a file, a read-only folder, a full disk: the user's to fix
+        if os.environ.get("SLMSCALE_TRACEBACK"):
+            raise
+        if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename and os.path.isfile(exc.filename):
+            message = f"{exc.filename} is a file, expected a folder (or a path inside one)"
+        else:
+            message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        print(f"slmscale {args.command}: error: {message}", file=sys.stderr)
+        return 1
     return int(rc or 0)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout closed or not a real file
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

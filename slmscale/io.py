@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -22,6 +23,8 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "atomic_write_json",
+    "fsync_path",
+    "json_safe",
     "read_json",
     "sha256_file",
     "sha256_bytes",
@@ -48,11 +51,38 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fsync_path(tmp_path)  # the bytes reach the disk before the name does (a lost node leaves old or new)
         os.replace(tmp_path, path)
+        fsync_path(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file, or a directory (so a rename inside it is durable). A file system that cannot fsync a
+    directory (some network ones) is left to its own guarantees."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not Path(path).is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every NaN/inf float replaced by None (JSON has no NaN: `jq`, browsers and strict parsers
+    reject the bare `NaN` Python writes). Dicts, lists and tuples are walked; other values kept."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -41,8 +41,15 @@ def _print_summary(summary: dict) -> int:
           f"results table {summary['results']}")
     for err in summary["errored"]:
         print(f"  errored: {err['run_id']}: {err['error'].splitlines()[0] if err['error'] else ''}")
+    incomplete = summary.get("incomplete", [])
+    for run_id in incomplete:
+        print(f"  incomplete: {run_id}: Tune counts it as terminated but it has no results row (run dir removed?)")
     if summary["errored"] or summary["finished"] < summary["trials"]:
-        print(f"  continue with: slmscale sweep resume '{summary['storage']}'")
+        if summary["finished"] + len(incomplete) < summary["trials"]:
+            print(f"  continue with: slmscale sweep resume '{summary['storage']}'")
+        if incomplete:
+            print(f"  `sweep resume` does not rerun the {len(incomplete)} incomplete trial(s); train them again with "
+                  f"`slmscale train` (settings in sweep.json) or launch their grid points into a new --storage")
         return 1
     return 0
 
@@ -64,7 +71,8 @@ def _launch(args) -> int:
 def _resume(args) -> int:
     from slmscale.sweep.launch import resume
 
-    return _print_summary(resume(args.storage, address=args.address, verbose=0 if args.quiet else 1))
+    return _print_summary(resume(args.storage, address=args.address, verbose=0 if args.quiet else 1,
+                                 trust_tune_state=args.trust_tune_state))
 
 
 def _status(args) -> int:
@@ -76,14 +84,31 @@ def _status(args) -> int:
 
 
 def _results(args) -> int:
-    from slmscale.sweep.results import write_sweep_results
+    from slmscale.sweep.results import missing_trials, write_sweep_results
 
     path = write_sweep_results(args.storage, args.output, allow_partial=not args.complete)
     import pandas as pd
 
     n = len(pd.read_parquet(path)) if path.suffix == ".parquet" else len(pd.read_csv(path))
-    print(f"wrote {n} row(s) to {path}")
+    missing = missing_trials(args.storage)
+    print(f"wrote {n} row(s) to {path}" + (f"; {len(missing)} trial(s) have no row:" if missing else ""))
+    for m in missing[:20]:
+        print(f"  missing: {m['run_id']} ({m['reason']})")
+    if len(missing) > 20:
+        print(f"  ... and {len(missing) - 20} more (see `slmscale sweep status {args.storage}`)")
+    if missing:
+        print("  " + _advice(missing))
     return 0
+
+
+def _advice(missing: list[dict]) -> str:
+    """What will actually bring the missing trials back."""
+    gone = [m["run_id"] for m in missing if m["reason"] == "run dir gone"]
+    if not gone:
+        return "unfinished trials continue with `slmscale sweep resume STORAGE` (once no driver is running)"
+    return (f"{len(gone)} run dir(s) are gone: `sweep resume` retrains an unfinished trial from scratch, but a trial "
+            f"Tune already counts as terminated is not rerun; train such a point again with `slmscale train` (its "
+            f"settings are in sweep.json) or launch its grid into a new --storage")
 
 
 def register(sub, formatter_class) -> None:
@@ -127,11 +152,15 @@ def register(sub, formatter_class) -> None:
 
     p = cmds.add_parser("resume", help="continue a sweep whose driver died (finished trials never rerun)",
                         description="Restore the Tune experiment in STORAGE/tune (Tuner.restore): unfinished and "
-                        "errored trials continue from their newest checkpoints; finished trials are kept. Only "
-                        "resume storage you wrote: Tune's experiment state is pickled.",
+                        "errored trials continue from their newest checkpoints; finished trials are kept. Tune "
+                        "stores that state as Python pickles, so it is restored only when every file of STORAGE/tune "
+                        "is owned by you (or root) and writable by nobody else; --trust-tune-state overrides that.",
                         formatter_class=formatter_class)
     p.add_argument("storage", metavar="STORAGE", help="the --storage of `sweep launch`")
     p.add_argument("--address", default=None, help="Ray cluster to join; None: $RAY_ADDRESS, else a new local Ray")
+    p.add_argument("--trust-tune-state", action="store_true",
+                   help="restore Tune's pickled state even if someone else owns or could have written it (only for "
+                   "storage whose every writer you trust)")
     p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
     p.set_defaults(handler=_resume)
 

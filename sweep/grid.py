@@ -204,6 +204,18 @@ class EvalEntry(BaseModel):
                              f"optional 'units' / 'task', got {value!r}")
         return value
 
+    @field_validator("benchmark")
+    @classmethod
+    def _known_embedded(cls, value: str) -> str:
+        """An unknown embedded:<name> is refused with the grid, not found after a trial has trained."""
+        if value.startswith("embedded:"):
+            from slmscale.models.evaluation.evaluator import EMBEDDED
+
+            if value not in EMBEDDED:
+                raise ValueError(f"unknown embedded benchmark {value!r}, expected one of {list(EMBEDDED)} or a "
+                                 f"benchmark folder")
+        return value
+
     @model_serializer(mode="wrap")
     def _without_nulls(self, handler) -> dict[str, Any]:
         """{"benchmark": ...} plus only the keys that are set (this dict also keys the trials' evaluation index)."""

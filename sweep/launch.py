@@ -6,8 +6,6 @@ sweep/storage.py. One Tune trial per grid point (`tune.grid_search` over the run
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 from slmscale.errors import SlmscaleError
 from slmscale.io import atomic_write_json, code_version
+from slmscale.locks import exclusive_lock, locked_folder
 from slmscale.sweep.grid import GridSpec, Trial, grid_from_dict, with_changes
 from slmscale.sweep.plan import make_plan
 from slmscale.sweep.storage import SweepStorage, read_sweep
@@ -45,30 +44,12 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def _claim_driver(storage: SweepStorage) -> None:
-    """Record this process as the sweep's driver; refuse if another live driver on this host holds the sweep
-    (two drivers would train the same trials into the same run dirs)."""
+def _record_driver(storage: SweepStorage) -> None:
+    """Record this process as the sweep's driver (for `sweep status`); the storage lock held by `launch` and
+    `resume` is what keeps a second driver out."""
     import socket
 
-    path = storage.driver_file
-    if path.is_file():
-        try:
-            other = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            other = {}
-        pid = other.get("pid")
-        if other.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid():
-            cmdline = Path(f"/proc/{pid}/cmdline")
-            try:
-                alive_driver = cmdline.is_file() and b"sweep" in cmdline.read_bytes()
-            except OSError:
-                alive_driver = False
-            if alive_driver:
-                raise SlmscaleError(
-                    f"{storage.root}: another sweep driver (pid {pid}, started {time.ctime(other.get('started', 0))}) is "
-                    f"still running this sweep; wait for it, or stop it before `sweep resume`"
-                )
-    atomic_write_json(path, {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
+    atomic_write_json(storage.driver_file, {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
 
 
 def _units_info(units: str) -> tuple[str, int, str]:
@@ -200,6 +181,8 @@ def _finish(grid, storage: SweepStorage) -> dict[str, Any]:
         "trials": len(rows),
         "finished": sum(r["state"] == "FINISHED" for r in rows),
         "errored": [{"run_id": (r.config or {}).get("run_id"), "error": str(r.error)[:500]} for r in errors],
+        # Tune counts these as terminated but they have no row (e.g. the run dir was deleted): resume skips them.
+        "incomplete": [r["run_id"] for r in rows if r["state"] == "INCOMPLETE"],
         "results": str(storage.results),
     }
 
@@ -219,9 +202,18 @@ def launch(
     Everything that can be checked is checked before the first trial starts: the unit dataset, the grid,
     every trial's training schedule, that the storage is new and visible on every node, the cluster address,
     and that every trial fits the cluster's resources."""
+    store = SweepStorage.at(storage)
+    # One driver per storage, taken before the "already holds a sweep" check: two launches into one --storage
+    # a second apart would both pass it, and the loser's sweep.json would break the winner's sweep for good.
+    with locked_folder(store.root, store.lock.name, what=f"sweep storage {store.root}"):
+        return _launch_locked(spec, store, units=units, address=address, max_concurrent=max_concurrent,
+                              cluster_config=cluster_config, verbose=verbose)
+
+
+def _launch_locked(spec: GridSpec, store: SweepStorage, *, units: str | None, address: str | None,
+                   max_concurrent: int | None, cluster_config: str | None, verbose: int) -> dict[str, Any]:
     from slmscale.ray_utils import ensure_ray
 
-    store = SweepStorage.at(storage)
     root = store.root
     if store.exists():
         raise SlmscaleError(f"{root} already holds a sweep ({store.sweep_file.name}); continue it with "
@@ -249,13 +241,7 @@ def launch(
     ensure_ray(address)
     _check_cluster(spec, plan.trials, cluster_config)
 
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        _check_storage_shared(root)
-    except SlmscaleError:
-        with contextlib.suppress(OSError):
-            root.rmdir()  # only if we just created it and it is empty
-        raise
+    _check_storage_shared(root)  # (a refused launch leaves no storage folder behind: see locked_folder)
     sweep = {
         "schema_version": 1,
         "grid": spec.to_dict(),
@@ -270,7 +256,7 @@ def launch(
         "code_version": code_version(),
     }
     atomic_write_json(store.sweep_file, sweep)
-    _claim_driver(store)
+    _record_driver(store)
     return _fit(spec, store, sweep, verbose)
 
 
@@ -299,25 +285,66 @@ def _fit(spec: GridSpec, storage: SweepStorage, sweep: dict[str, Any], verbose: 
     return _finish(tuner.fit(), storage)
 
 
-def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: int = 1) -> dict[str, Any]:
-    """Continue a sweep after its driver died: unfinished and errored trials resume from their checkpoints,
-    finished trials are kept as they are (Tuner.restore with resume_unfinished and resume_errored)."""
-    from ray import tune
+def check_tune_state_trusted(tune_dir: Path) -> None:
+    """Refuse Tune state that someone other than this user (or root) owns or could have written: every file and
+    folder under `tune_dir`, and the folders above it up to the sweep storage, must be owned by this user or
+    root and not writable by group or others (what ssh asks of ~/.ssh). A missing folder passes (nothing to
+    unpickle)."""
+    import stat
 
+    if not tune_dir.exists():
+        return
+    me = os.getuid()
+    paths = [tune_dir.parent, tune_dir, *sorted(tune_dir.rglob("*"))]
+    for p in paths:
+        st = p.lstat()
+        problem = None
+        if st.st_uid not in (me, 0):
+            problem = f"is owned by uid {st.st_uid}, not by you (uid {me})"
+        elif stat.S_ISLNK(st.st_mode):
+            continue  # a link's own mode means nothing; its target is checked where it lies inside tune_dir
+        elif st.st_mode & 0o022:
+            who = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if st.st_mode & bit)
+            problem = f"is writable by {who} (mode {stat.S_IMODE(st.st_mode):o})"
+        if problem:
+            raise SlmscaleError(
+                f"{p}: {problem}. `sweep resume` restores Ray Tune's state, which Tune stores as Python pickles: a "
+                f"file someone else wrote there would run as code in this process. Expected Tune state only you "
+                f"could have written: fix the ownership/permissions (e.g. `chmod -R go-w {tune_dir}`) if you trust "
+                f"it, or pass --trust-tune-state to resume anyway"
+            )
+
+
+def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: int = 1,
+           trust_tune_state: bool = False) -> dict[str, Any]:
+    """Continue a sweep after its driver died: unfinished and errored trials resume from their checkpoints,
+    finished trials are kept as they are (Tuner.restore with resume_unfinished and resume_errored).
+
+    Tune's state is restored only when `check_tune_state_trusted` passes, or with `trust_tune_state`."""
     from slmscale.ray_utils import ensure_ray
 
     store, sweep = read_sweep(storage)
-    spec = grid_from_dict(sweep["grid"], source=str(store.sweep_file))
+    with exclusive_lock(store.lock, what=f"sweep storage {store.root}"):
+        spec = grid_from_dict(sweep["grid"], source=str(store.sweep_file))
+        tune_dir = store.tune_dir
+        check_address(address)
+        # Tuner.restore unpickles Tune's experiment state (tuner.pkl, trial state): code that anyone who can write
+        # that folder put there would run here. Refuse unless only this user (or root) could have written it.
+        if not trust_tune_state:
+            check_tune_state_trusted(tune_dir)
+        _record_driver(store)
+        ensure_ray(address)
+        return _resume_locked(spec, store, sweep, verbose)
+
+
+def _resume_locked(spec: GridSpec, store: SweepStorage, sweep: dict[str, Any], verbose: int) -> dict[str, Any]:
+    from ray import tune
+
     tune_dir = store.tune_dir
-    check_address(address)
-    _claim_driver(store)
-    ensure_ray(address)
     if not tune.Tuner.can_restore(str(tune_dir)):
         # The driver died before Tune wrote its first state: nothing ran, so start the experiment now.
         return _fit(spec, store, sweep, verbose)
     _quiet_tune()
-    # Tuner.restore reads Tune's own (pickled) experiment state; sweep.json above proves this directory is
-    # one `sweep launch` created. Never point `sweep resume` at storage that other people can write to.
     tuner = tune.Tuner.restore(
         str(tune_dir),
         trainable=_trainable(spec, sweep),

@@ -17,7 +17,19 @@ from slmscale.analysis.schema import validate_results, write_results
 from slmscale.errors import SlmscaleError
 from slmscale.sweep.storage import read_sweep
 
-__all__ = ["sweep_results", "write_sweep_results"]
+__all__ = ["sweep_results", "write_sweep_results", "missing_trials"]
+
+
+def missing_trials(storage: str | os.PathLike) -> list[dict[str, str]]:
+    """The trials without a results row, each with why: `{"run_id", "reason"}`, reason "run dir gone" (deleted
+    or never created) or "not finished"."""
+    store, sweep = read_sweep(storage)
+    out = []
+    for trial in sweep["trials"]:
+        run_dir = store.run_dir(trial["run_id"])
+        if not run_dir.is_done():
+            out.append({"run_id": trial["run_id"], "reason": "not finished" if run_dir.path.is_dir() else "run dir gone"})
+    return out
 
 
 def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> pd.DataFrame:

@@ -3,7 +3,8 @@
     STORAGE/
       sweep.json         the expanded grid, unit dataset + its meta hash, trials, settings, code version
                          (written first; `sweep resume`, `status` and `results` refuse a folder without it)
-      driver.json        host and pid of the driver (a second live driver on the same host is refused)
+      .lock              held by the one live driver (slmscale/locks.py): a second launch/resume is refused
+      driver.json        host and pid of the last driver (for `sweep status`)
       runs/<run_id>/     one training run dir per trial: the layout of models.rundir.RunDir, plus
           attempt.json       host, pid, attempt number, start time, resumed_from_step of the newest attempt
           sweep_evals.json   metrics of each finished evaluation, keyed by the grid's eval entry, so a
@@ -33,6 +34,7 @@ __all__ = ["SweepStorage", "TrialDir", "resolve_storage", "read_sweep"]
 
 SWEEP_FILE = "sweep.json"
 DRIVER_FILE = "driver.json"
+LOCK_FILE = ".lock"
 TUNE_DIR = "tune"
 RUNS_DIR = "runs"
 RESULTS_FILE = "results.parquet"
@@ -113,6 +115,11 @@ class SweepStorage:
     @property
     def sweep_file(self) -> Path:
         return self.root / SWEEP_FILE
+
+    @property
+    def lock(self) -> Path:
+        """Held by the sweep's one driver (`launch`, `resume`; see slmscale/locks.py)."""
+        return self.root / LOCK_FILE
 
     @property
     def driver_file(self) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from slmscale.io import atomic_write_json, code_version
+from slmscale.locks import exclusive_lock
 from slmscale.sweep.storage import SweepStorage, TrialDir
 
 __all__ = ["run_trial", "train_config_for", "evaluate_run"]
@@ -99,7 +100,14 @@ def run_trial(config: dict[str, Any]) -> None:
     trial = next(t for t in sweep["trials"] if t["run_id"] == config["run_id"])
     settings = sweep["settings"]
     run_dir = storage.run_dir(trial["run_id"])
-    run_dir.path.mkdir(parents=True, exist_ok=True)
+    # The trial is its run directory's one writer (attempt, training, evaluations, row); `train` takes the same
+    # lock again (re-entrant in this process). A trial whose previous attempt still runs somewhere is refused,
+    # and Tune retries it later.
+    with exclusive_lock(run_dir.lock, what=f"trial {trial['run_id']} ({run_dir.path})"):
+        _run_trial_locked(trial, settings, run_dir)
+
+
+def _run_trial_locked(trial: dict[str, Any], settings: dict[str, Any], run_dir: TrialDir) -> None:
     if run_dir.is_done():  # finished in an earlier attempt (e.g. the driver died after the trial ended)
         _report_to_tune({**run_dir.read_row(), "done": True}, None)
         return

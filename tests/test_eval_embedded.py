@@ -154,3 +154,48 @@ def test_unigram_model_gets_benchmark_in_its_pieces(ray_local, tmp_path, shared_
     n_units = sum(map(len, read_units_table(base, columns=("units",)).column("units").to_pylist()))
     assert n_pieces < n_units  # pieces merge units
     assert 0.0 <= result["metrics"]["tsc"] <= 1.0
+
+
+def test_embedded_swuggy_words_and_nonwords():
+    """Words come from the story corpus; each non-word differs from its word in exactly one phoneme, swapped for
+    one of the same class with the stress kept; no non-word sounds like a word of the set; deterministic."""
+    from slmscale.models.evaluation.embedded import PHONEME_CLASSES, swuggy_pairs
+    from slmscale.tokenization.stories import generate_stories
+
+    pairs = swuggy_pairs(seed=0)
+    assert pairs == swuggy_pairs(seed=0) and [p["word"] for p in pairs] != [p["word"] for p in swuggy_pairs(seed=1)]
+    assert len(pairs) == 40
+    corpus_words = set(" ".join(generate_stories(300, seed=1)).lower().replace(".", " ").replace(",", " ").split())
+    assert {p["word"] for p in pairs} <= corpus_words
+    class_of = {ph: c for c in PHONEME_CLASSES for ph in c}
+    word_sounds = {" ".join(x.lstrip("',") for x in p["phones"]) for p in pairs}
+    for p in pairs:
+        word, nonword = p["phones"], p["nonword_phones"]
+        diff = [(a, b) for a, b in zip(word, nonword) if a != b]
+        assert len(word) == len(nonword) and len(diff) == 1, p
+        (a, b), = diff
+        assert a[: len(a) - len(a.lstrip("',"))] == b[: len(b) - len(b.lstrip("',"))], p  # stress kept
+        assert class_of[a.lstrip("',")] == class_of[b.lstrip("',")], p
+        assert " ".join(x.lstrip("',") for x in nonword) not in word_sounds, p
+
+
+def test_cli_embedded_swuggy_json(ray_local, tmp_path, capsys):
+    """`slmscale eval --benchmark embedded:swuggy --json`: generated (espeak-ng phoneme input) -> encoded (mfcc)
+    -> scored; `swuggy` in [0, 1], and --zerospeech-out writes one `filename score` line per WAV."""
+    from slmscale.cli import main
+
+    run = _random_run(tmp_path / "run")
+    rc = main(["eval", "--model", str(run), "--benchmark", "embedded:swuggy", "--cache-dir", str(tmp_path / "c"),
+               "--json", "--zerospeech-out", str(tmp_path / "zr")])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["metrics"]) == {"swuggy"} and 0.0 <= result["metrics"]["swuggy"] <= 1.0
+    assert result["task"] == "swuggy" and result["details"]["n_pairs"] == 40 and result["details"]["n_voice_pairs"] == 80
+    assert set(result["details"]["by_voice"]) == {"en", "en-us+f2"}
+    lines = (tmp_path / "zr" / "lexical" / "dev.txt").read_text().splitlines()
+    assert len(lines) == 160 and all(float(line.split(" ")[1]) < 0 for line in lines)  # -NLL: higher = more probable
+    assert "benchmark_name: sLM21" in (tmp_path / "zr" / "meta.yaml").read_text()
+    # StoryCloze has no sLM21 task: refused before any scoring
+    assert main(["eval", "--model", str(run), "--benchmark", "embedded:storycloze", "--cache-dir", str(tmp_path / "c"),
+                 "--zerospeech-out", str(tmp_path / "zr")]) == 2
+    assert "no ZeroSpeech 2021 sLM task" in capsys.readouterr().err

@@ -157,3 +157,132 @@ def test_cli_json_and_results_merge(random_run, pairs_benchmark, tmp_path, capsy
     # a benchmark folder in the wrong layout: one-line error, exit code 2
     assert main(["eval", "--model", str(random_run), "--benchmark", str(tmp_path)]) == 2
     assert "expected <question>_correct.wav" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def words_benchmark(tmp_path_factory, pairs_benchmark):
+    """An sWUGGY-layout folder (lexical/dev/gold.csv + tiny WAVs): the 'word' of pair i is the sequence the trained
+    model met 40 times (pairs_benchmark's correct member), the non-word the same sequence with one unit swapped
+    (a phoneme substitution), never seen. Pair 24 has identical word and non-word units: an exact tie."""
+    _, _, correct_seqs = pairs_benchmark
+    root = tmp_path_factory.mktemp("words")
+    split = root / "lexical" / "dev"
+    split.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    rows, units = [], {}
+    for pair, word in enumerate([*correct_seqs, [5, 6, 7, 8]]):
+        nonword = list(word)
+        if pair < len(correct_seqs):
+            pos = int(rng.integers(len(word)))
+            nonword[pos] = (nonword[pos] + int(rng.integers(1, K))) % K
+        for v in VOICES:
+            for label, seq in ((1, word), (0, nonword)):
+                name = f"w{pair}_{v}_{label}"
+                rows.append(f"{pair},{name},{v},{10 + pair},{'w' + str(pair) if label else ''},x y,{len(seq)},{label}")
+                units[name] = seq
+                sf.write(split / f"{name}.wav", np.zeros(160, np.float32), 16000)
+    (split / "gold.csv").write_text("id,filename,voice,frequency,word,phones,length,correct\n" + "\n".join(rows) + "\n")
+    return split, _write_units(root / "units", units)
+
+
+def test_trained_model_picks_the_word(trained_run, words_benchmark):
+    split, bench_units = words_benchmark
+    result = evaluate(trained_run, split, units_dir=bench_units, progress=False, write=False)
+    assert set(result["metrics"]) == {"swuggy"}
+    # 24 pairs the model knows (word more likely) + 1 exact tie (0.5): accuracy (24*x + 0.5) / 25 with x ~ 1
+    assert result["metrics"]["swuggy"] > 0.85, result["details"]
+    assert result["details"]["n_pairs"] == 25 and result["details"]["n_voice_pairs"] == 50
+    assert result["details"]["ties"] == 2  # the tie pair, once per voice
+    assert "swuggy = mean over (word, non-word) pairs" in result["convention"]
+
+
+def test_random_model_on_words_is_near_chance(random_run, words_benchmark):
+    split, bench_units = words_benchmark
+    result = evaluate(random_run, split, units_dir=bench_units, progress=False, write=False)
+    assert 0.25 <= result["metrics"]["swuggy"] <= 0.75, result["details"]
+
+
+# The official ZeroSpeech 2021 scorer (zerospeech-benchmarks, dev extra), run in a child process on the files
+# `--zerospeech-out` wrote. 0.9.1 is the newest release pip installs (0.9.2-0.9.4 declare a git URL in an extra,
+# which pip refuses from PyPI, and 0.9.4 pins pydantic<2); it is written against pydantic v1, which pydantic 2
+# ships as `pydantic.v1`, so its modules are imported with `pydantic` aliased to it. Its by-pair functions call
+# groupby(...).apply(f) with f reading the grouping columns by position, which pandas >= 3 no longer passes
+# (include_groups=True was removed): the child restores that pandas-2 behaviour for these calls. Its import
+# fetches a repository index from the network unless a local one under $APP_DIR is older than a week.
+OFFICIAL_SCORER = r"""
+import importlib, json, sys
+from pathlib import Path
+import pandas as pd
+import pydantic.v1
+from pandas.core.groupby.generic import DataFrameGroupBy
+
+def apply_with_group_columns(self, func, *args, **kwargs):
+    keys, values = [], []
+    for key, group in self:
+        keys.append(key if not isinstance(key, tuple) or len(key) > 1 else key[0])
+        values.append(func(group, *args, **kwargs))
+    index = pd.MultiIndex.from_tuples(keys) if keys and isinstance(keys[0], tuple) else pd.Index(keys)
+    return pd.Series(values, index=index, dtype=object)
+
+DataFrameGroupBy.apply = apply_with_group_columns
+saved = {k: v for k, v in sys.modules.items() if k == "pydantic" or k.startswith("pydantic.")}
+sys.modules["pydantic"] = pydantic.v1
+for sub in ("generics", "fields", "main", "types", "networks", "validators", "error_wrappers"):
+    sys.modules[f"pydantic.{sub}"] = importlib.import_module(f"pydantic.v1.{sub}")
+try:
+    from zerospeech.benchmarks.tasks.lm.lexical import LexicalTask
+    from zerospeech.benchmarks.tasks.lm.syntactic import SyntacticTask
+    from zerospeech.model import data_items
+    from zerospeech.model.meta_file import MetaFile
+finally:
+    sys.modules.update(saved)
+item = lambda p: data_items.FileItem.from_file(Path(p))
+sub, lexical_gold, syntactic_gold = map(Path, sys.argv[1:4])
+lexical = LexicalTask.eval_by_pair(LexicalTask.load_and_format(item(sub / "lexical/dev.txt"), item(lexical_gold)))
+syntactic, by_type = SyntacticTask().run_syntactic_comparison(item(syntactic_gold), item(sub / "syntactic/dev.txt"))
+meta = MetaFile.from_file(sub / "meta.yaml", enforce=True)
+# what SLM21ScoreDir.lexical_scores / syntactic_scores report: the mean of the by-pair scores
+print(json.dumps({"lexical": float(lexical["score"].mean()), "syntactic": float(syntactic["score"].mean()),
+                  "benchmark_name": meta.benchmark_name}))
+"""
+
+
+def test_official_zerospeech_scorer_agrees(random_run, pairs_benchmark, words_benchmark, tmp_path, capsys):
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from slmscale.cli import main
+
+    # a dev dependency (pyproject [dev]); its import is only safe in the child, with the shims above
+    assert importlib.util.find_spec("zerospeech"), "zerospeech-benchmarks is not installed: pip install -e '.[dev]'"
+
+    syntactic, syntactic_units = pairs_benchmark[:2]
+    lexical, lexical_units = words_benchmark
+    sub = tmp_path / "submission"
+    ours = {}
+    for bench, units in ((syntactic, syntactic_units), (lexical, lexical_units)):
+        capsys.readouterr()
+        assert main(["eval", "--model", str(random_run), "--benchmark", str(bench), "--units", str(units),
+                     "--zerospeech-out", str(sub), "--json"]) == 0
+        ours.update(json.loads(capsys.readouterr().out)["metrics"])
+    lines = (sub / "lexical" / "dev.txt").read_text().splitlines()
+    assert len(lines) == 100 and all(len(line.split(" ")) == 2 for line in lines)  # every WAV, `filename score`
+    app_dir = tmp_path / "zr-app"
+    app_dir.mkdir()
+    (app_dir / "repo.json").write_text('{"last_modified": "2023-01-01T00:00:00"}')
+    week_ago = time.time() - 30 * 86400
+    os.utime(app_dir / "repo.json", (week_ago, week_ago))
+    proc = subprocess.run([sys.executable, "-c", OFFICIAL_SCORER, str(sub), str(lexical / "gold.csv"), str(syntactic / "gold.csv")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "APP_DIR": str(app_dir)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    official = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("official:", official, "slmscale:", ours)
+    assert official["benchmark_name"] == "sLM21"
+    assert official["lexical"] == pytest.approx(ours["swuggy"], abs=1e-12)
+    assert official["syntactic"] == pytest.approx(ours["sblimp_pair"], abs=1e-12)
+    assert 0.0 < ours["swuggy"] < 1.0 and ours["swuggy"] != 0.5  # a non-trivial number, not a constant both agree on
+    # (0.9.1's by-type table takes its label columns by position and is shifted by one column, so only the overall
+    # by-pair scores, what the leaderboard reports, are compared)

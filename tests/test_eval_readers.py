@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from slmscale.errors import SlmscaleError
-from slmscale.models.evaluation.benchmarks import load_benchmark, read_sblimp, read_storycloze
+from slmscale.models.evaluation.benchmarks import load_benchmark, read_sblimp, read_storycloze, read_swuggy
 
 GOLD_HEADER = "id,filename,type,subtype,correct,transcription,voice\n"
 
@@ -111,3 +111,50 @@ def test_storycloze_missing_partner_and_unknown_label(tmp_path):
     _storycloze(tmp_path / "x", ["1_correct", "1_wrong"])
     with pytest.raises(SlmscaleError, match=r"unknown label 'wrong'"):
         read_storycloze(tmp_path / "x")
+
+
+LEXICAL_HEADER = "id,filename,voice,frequency,word,phones,length,correct\n"
+LEXICAL_ROWS = [  # the ZeroSpeech 2021 lexical/dev gold.csv columns; the non-word's word may be empty
+    (7, "gHq", "Alex", 120, "cat", "k a t", 3, 1),
+    (7, "hJr", "Alex", 120, "", "k E t", 3, 0),
+    (7, "iKs", "Bob", 120, "cat", "k a t", 3, 1),
+    (7, "jLt", "Bob", 120, "", "k E t", 3, 0),
+]
+
+
+def _swuggy(root: Path, rows: list[tuple]) -> Path:
+    split = root / "lexical" / "dev"
+    split.mkdir(parents=True)
+    (split / "gold.csv").write_text(LEXICAL_HEADER + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    for r in rows:
+        _wav(split / f"{r[1]}.wav")
+    return split
+
+
+def test_swuggy_reads_zerospeech_lexical_layout(tmp_path):
+    split = _swuggy(tmp_path, LEXICAL_ROWS)
+    for where in (tmp_path, split):  # dataset root holding only lexical/dev, or the split folder
+        bench = load_benchmark(where)
+        assert bench.task == "swuggy" and bench.n_questions == 2 and len(bench.candidates) == 4
+        assert [(c.utt_id, c.question, c.correct, c.voice, c.text) for c in bench.candidates[:2]] == [
+            ("gHq", "7", True, "Alex", "cat"), ("hJr", "7", False, "Alex", "k E t")]  # empty word -> its phones
+    # a dataset root holding both splits reads syntactic unless told otherwise
+    _sblimp(tmp_path, GOOD_ROWS)
+    assert load_benchmark(tmp_path).task == "sblimp"
+    assert load_benchmark(tmp_path, task="swuggy").task == "swuggy"
+
+
+def test_swuggy_malformed_gold_is_named(tmp_path):
+    rows = list(LEXICAL_ROWS)
+    rows[1] = rows[1][:7] + (1,)  # Alex's non-word relabelled as a word
+    _swuggy(tmp_path / "a", rows)
+    with pytest.raises(SlmscaleError, match=r"pair id '7' voice 'Alex' has \[word, word\], expected exactly one word"):
+        read_swuggy(tmp_path / "a")
+    split = tmp_path / "b"
+    split.mkdir()
+    (split / "gold.csv").write_text("filename,word,correct\nx,cat,1\n")
+    with pytest.raises(SlmscaleError, match=r"missing column\(s\) \['id', 'voice'\]"):
+        read_swuggy(split)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(SlmscaleError, match=r"not an sWUGGY folder, expected gold.csv"):
+        read_swuggy(tmp_path / "c")

@@ -1,6 +1,6 @@
-"""Readers for the released layouts of the spoken benchmarks (sBLIMP, sStoryCloze, tStoryCloze).
+"""Readers for the released layouts of the spoken benchmarks (sBLIMP, sWUGGY, sStoryCloze, tStoryCloze).
 
-Both readers return a `Benchmark`: a flat list of `Candidate` utterances, each knowing which question it belongs
+All readers return a `Benchmark`: a flat list of `Candidate` utterances, each knowing which question it belongs
 to and whether it is the correct member. Scoring never looks at the folder again, so the embedded synthetic
 benchmark (written in the same layouts) goes through exactly the same code.
 
@@ -9,6 +9,13 @@ ZeroSpeech 2021 sLM21 syntactic (sBLIMP), `syntactic/{dev,test}/`:
                         sentences), voice, type (the phenomenon, 12 in the release), subtype, correct (1 / 0),
                         transcription; columns in any order, extra columns ignored
     <filename>.wav      16 kHz mono; every (id, voice) has one correct and one incorrect sentence
+
+ZeroSpeech 2021 sLM21 lexical (sWUGGY), `lexical/{dev,test}/`:
+    gold.csv            one row per WAV: filename, id (the (word, non-word) pair, shared by both and by every
+                        voice), voice, frequency (the word's LibriSpeech count), word (empty for non-words in
+                        some splits), phones, length, correct (1 = the word, 0 = the non-word); columns in any
+                        order, extra columns ignored; filename, id, voice, correct are required
+    <filename>.wav      16 kHz mono; every (id, voice) has one word and one non-word
 
 Spoken / Topic StoryCloze (Hassid et al. 2023, TWIST), one folder per benchmark (`sSC/`, `tSC/`):
     <question>_correct.wav      the story with its real fifth sentence
@@ -24,10 +31,11 @@ from pathlib import Path
 
 from slmscale.errors import SlmscaleError
 
-__all__ = ["Candidate", "Benchmark", "read_sblimp", "read_storycloze", "load_benchmark", "TASKS"]
+__all__ = ["Candidate", "Benchmark", "read_sblimp", "read_swuggy", "read_storycloze", "load_benchmark", "TASKS"]
 
-TASKS = ("sblimp", "ssc", "tsc")
+TASKS = ("sblimp", "swuggy", "ssc", "tsc")
 SBLIMP_COLUMNS = ("filename", "id", "voice", "type", "subtype", "correct")
+SWUGGY_COLUMNS = ("filename", "id", "voice", "correct")
 STORYCLOZE_NAME = re.compile(r"^(?P<question>.+)_(?P<label>[A-Za-z]+)$")
 STORYCLOZE_LABELS = {"correct": True, "incorrect": False}
 _TRUE = {"1", "true", "True", "TRUE"}
@@ -45,12 +53,12 @@ class Candidate:
     voice: str = ""
     phenomenon: str = ""  # sBLIMP `type`
     subtype: str = ""
-    text: str = ""
+    text: str = ""  # sBLIMP transcription; sWUGGY word (or its phones when the word column is empty)
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    task: str  # "sblimp" | "ssc" | "tsc"
+    task: str  # "sblimp" | "swuggy" | "ssc" | "tsc"
     name: str
     root: Path  # the folder the candidates' utt_ids are relative to
     candidates: tuple[Candidate, ...]
@@ -68,11 +76,52 @@ class Benchmark:
         return len({(c.question, c.voice) for c in self.candidates})
 
 
-def _find_gold(path: Path) -> Path | None:
-    for candidate in (path / "gold.csv", path / "syntactic" / "dev" / "gold.csv", path / "dev" / "gold.csv"):
+def _find_gold(path: Path, kind: str = "syntactic") -> Path | None:
+    """gold.csv of a split folder, or of `<kind>/dev/` under a dataset root (kind: syntactic | lexical)."""
+    for candidate in (path / "gold.csv", path / kind / "dev" / "gold.csv", path / "dev" / "gold.csv"):
         if candidate.is_file():
             return candidate
     return None
+
+
+def _gold_columns(gold: Path) -> list[str]:
+    with open(gold, newline="") as f:
+        return [h.strip() for h in next(csv.reader(f), [])]
+
+
+def _read_gold(gold: Path, required: tuple[str, ...], task: str) -> list[dict[str, str]]:
+    with open(gold, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise SlmscaleError(f"{gold}: missing column(s) {missing}, expected at least {list(required)} ({task} "
+                                f"gold.csv); found {header}")
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    if not rows:
+        raise SlmscaleError(f"{gold}: no rows, expected one row per WAV file")
+    return rows
+
+
+def _check_pairs_and_wavs(gold: Path, root: Path, candidates: list[Candidate], members: tuple[str, str]) -> None:
+    """Every (id, voice) holds exactly one correct and one incorrect member, and every listed WAV exists."""
+    pairs: dict[tuple[str, str], list[bool]] = {}
+    for c in candidates:
+        pairs.setdefault((c.question, c.voice), []).append(c.correct)
+    good, bad = members
+    for (pair_id, voice), labels in pairs.items():
+        if sorted(labels) != [False, True]:
+            have = ", ".join(good if x else bad for x in labels)
+            raise SlmscaleError(
+                f"{gold}: pair id {pair_id!r} voice {voice!r} has [{have}], expected exactly one {good} (1) and "
+                f"one {bad} (0) — a partner row is missing or duplicated"
+            )
+    missing_wavs = [c.utt_id for c in candidates if not c.path.is_file()]
+    if missing_wavs:
+        raise SlmscaleError(
+            f"{root}: {len(missing_wavs)} WAV file(s) listed in gold.csv are missing, e.g. {missing_wavs[:3]} "
+            "(expected <filename>.wav next to gold.csv)"
+        )
 
 
 def _parse_correct(value: str, where: str) -> bool:
@@ -88,23 +137,15 @@ def read_sblimp(path: str | Path) -> Benchmark:
     """Read a ZeroSpeech 2021 syntactic split (the folder holding gold.csv and the WAVs, or a dataset root
     holding `syntactic/dev/`)."""
     path = Path(path)
-    gold = _find_gold(path)
+    gold = _find_gold(path, "syntactic")
     if gold is None:
         raise SlmscaleError(
             f"{path}: not an sBLIMP folder, expected gold.csv (columns {', '.join(SBLIMP_COLUMNS)}) next to "
             "<filename>.wav files, as in ZeroSpeech 2021 syntactic/dev"
         )
     root = gold.parent
-    with open(gold, newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in SBLIMP_COLUMNS if c not in header]
-        if missing:
-            raise SlmscaleError(f"{gold}: missing column(s) {missing}, expected at least {list(SBLIMP_COLUMNS)}; found {header}")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    if not rows:
-        raise SlmscaleError(f"{gold}: no rows, expected one row per WAV file")
-    candidates, seen, pairs = [], set(), {}
+    rows = _read_gold(gold, SBLIMP_COLUMNS, "sBLIMP")
+    candidates, seen = [], set()
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{gold} line {line}"
         name = row["filename"]
@@ -113,29 +154,45 @@ def read_sblimp(path: str | Path) -> Benchmark:
         if name in seen:
             raise SlmscaleError(f"{where}: duplicate filename {name!r}")
         seen.add(name)
-        correct = _parse_correct(row["correct"], where)
-        key = (row["id"], row["voice"])
-        pairs.setdefault(key, []).append(correct)
         candidates.append(
             Candidate(
-                utt_id=name, path=root / f"{name}.wav", question=row["id"], correct=correct, voice=row["voice"],
-                phenomenon=row["type"], subtype=row["subtype"], text=row.get("transcription", ""),
+                utt_id=name, path=root / f"{name}.wav", question=row["id"], correct=_parse_correct(row["correct"], where),
+                voice=row["voice"], phenomenon=row["type"], subtype=row["subtype"], text=row.get("transcription", ""),
             )
         )
-    for (pair_id, voice), labels in pairs.items():
-        if sorted(labels) != [False, True]:
-            have = ", ".join("correct" if x else "incorrect" for x in labels)
-            raise SlmscaleError(
-                f"{gold}: pair id {pair_id!r} voice {voice!r} has [{have}], expected exactly one correct (1) and "
-                "one incorrect (0) sentence — a partner row is missing or duplicated"
-            )
-    missing_wavs = [c.utt_id for c in candidates if not c.path.is_file()]
-    if missing_wavs:
-        raise SlmscaleError(
-            f"{root}: {len(missing_wavs)} WAV file(s) listed in gold.csv are missing, e.g. {missing_wavs[:3]} "
-            "(expected <filename>.wav next to gold.csv)"
-        )
+    _check_pairs_and_wavs(gold, root, candidates, ("correct", "incorrect"))
     return Benchmark("sblimp", _benchmark_name(root), root, tuple(candidates))
+
+
+def read_swuggy(path: str | Path) -> Benchmark:
+    """Read a ZeroSpeech 2021 lexical split (the folder holding gold.csv and the WAVs, or a dataset root holding
+    `lexical/dev/`). A pair is a word and a non-word sharing an `id`; `correct` is 1 for the word."""
+    path = Path(path)
+    gold = _find_gold(path, "lexical")
+    if gold is None:
+        raise SlmscaleError(
+            f"{path}: not an sWUGGY folder, expected gold.csv (columns {', '.join(SWUGGY_COLUMNS)}, usually also "
+            "frequency, word, phones, length) next to <filename>.wav files, as in ZeroSpeech 2021 lexical/dev"
+        )
+    root = gold.parent
+    rows = _read_gold(gold, SWUGGY_COLUMNS, "sWUGGY")
+    candidates, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        where = f"{gold} line {line}"
+        name = row["filename"]
+        if not name or not row["id"]:
+            raise SlmscaleError(f"{where}: empty 'filename' or 'id'")
+        if name in seen:
+            raise SlmscaleError(f"{where}: duplicate filename {name!r}")
+        seen.add(name)
+        candidates.append(
+            Candidate(
+                utt_id=name, path=root / f"{name}.wav", question=row["id"], correct=_parse_correct(row["correct"], where),
+                voice=row["voice"], text=row.get("word") or row.get("phones", ""),
+            )
+        )
+    _check_pairs_and_wavs(gold, root, candidates, ("word", "non-word"))
+    return Benchmark("swuggy", _benchmark_name(root), root, tuple(candidates))
 
 
 def _storycloze_root(path: Path) -> Path:
@@ -206,13 +263,26 @@ def _benchmark_name(root: Path) -> str:
     return "/".join(parts)
 
 
+def _gold_task(gold: Path) -> str:
+    """sBLIMP and sWUGGY both ship a gold.csv: sBLIMP's has the phenomenon column `type`, sWUGGY's does not."""
+    return "sblimp" if "type" in _gold_columns(gold) else "swuggy"
+
+
 def load_benchmark(path: str | Path, task: str | None = None) -> Benchmark:
-    """Read a benchmark folder in either layout: gold.csv -> sBLIMP, `*_correct.wav` files -> StoryCloze."""
+    """Read a benchmark folder in any layout: gold.csv -> sBLIMP (has a `type` column) or sWUGGY, a dataset root
+    -> its syntactic/dev (else lexical/dev), `*_correct.wav` files -> StoryCloze."""
     path = Path(path)
     if not path.is_dir():
-        raise SlmscaleError(f"benchmark folder not found: {path} (expected a folder, or embedded:sblimp / embedded:storycloze)")
+        raise SlmscaleError(f"benchmark folder not found: {path} (expected a folder, or embedded:sblimp / "
+                            "embedded:swuggy / embedded:storycloze)")
     if task not in (None, *TASKS):
         raise SlmscaleError(f"task {task!r}: expected one of {list(TASKS)}")
-    if task == "sblimp" or (task is None and _find_gold(path) is not None):
+    if task == "sblimp":
         return read_sblimp(path)
+    if task == "swuggy":
+        return read_swuggy(path)
+    if task is None:
+        gold = _find_gold(path, "syntactic") or _find_gold(path, "lexical")
+        if gold is not None:
+            return read_sblimp(path) if _gold_task(gold) == "sblimp" else read_swuggy(path)
     return read_storycloze(path, task)

@@ -1,4 +1,5 @@
-"""The embedded synthetic benchmark: sBLIMP-style minimal pairs and two-ending stories, spoken offline.
+"""The embedded synthetic benchmark: sBLIMP-style minimal pairs, sWUGGY-style words / non-words and two-ending
+stories, spoken offline.
 
 Text comes from a small grammar (seeded, deterministic); audio from `tokenization.synth.tts` (espeak-ng, the same
 TTS as the synthetic training corpus). The files are written in the released layouts — ZeroSpeech 2021
@@ -13,6 +14,12 @@ tense agreement in coordination, irregular past tense; two subtypes each, every 
 Stories (storycloze): "<Name> went to <place>. But then <problem>." + the problem's own solution (correct) or
 the solution of another problem (incorrect) — coherence negatives in the spirit of Topic StoryCloze, so the
 result fills the `tsc` column.
+Words (swuggy): content words of the story corpus (its `frequency` is the count in 500 generated stories), each
+phonemized by espeak-ng and paired with a non-word made by swapping one phoneme for another of the same class
+(voiceless / voiced stop, fricative, nasal, liquid, short / long vowel, diphthong), keeping the stress, so the
+non-word is phonotactically plausible; a non-word that sounds like a corpus word is rejected. Word and non-word
+are both spoken from their phonemes (espeak-ng `[[...]]` phoneme input), so the one swapped phoneme is all
+that differs. Layout: ZeroSpeech 2021 `lexical/dev/{gold.csv, *.wav}`.
 """
 from __future__ import annotations
 
@@ -27,12 +34,28 @@ from pathlib import Path
 from slmscale.errors import SlmscaleError
 from slmscale.io import atomic_write_json, code_version
 
-__all__ = ["sblimp_pairs", "storycloze_questions", "ensure_embedded", "write_sblimp", "write_storycloze",
-           "EMBEDDED_VOICES", "EMBEDDED_VERSION", "embedded_sentences"]
+__all__ = ["sblimp_pairs", "swuggy_words", "swuggy_pairs", "storycloze_questions", "ensure_embedded", "write_sblimp",
+           "write_swuggy", "write_storycloze", "phonemize", "EMBEDDED_VOICES", "EMBEDDED_VERSION", "EMBEDDED_KINDS",
+           "embedded_sentences", "PHONEME_CLASSES"]
 
 EMBEDDED_VERSION = 2
 EMBEDDED_VOICES = ("en", "en-us+f2")
 EMBEDDED_RATE = 160
+EMBEDDED_KINDS = ("sblimp", "swuggy", "storycloze")
+
+# Phonemes (espeak-ng ASCII mnemonics) that may replace each other in a non-word: same manner, voicing and length,
+# so the result keeps the word's syllable shape (sWUGGY's non-words are phonotactically legal English).
+PHONEME_CLASSES = (("p", "t", "k"), ("b", "d", "g"), ("f", "s", "S"), ("v", "z"), ("m", "n"), ("l", "r"),
+                   ("a", "E", "I", "0", "V", "U"), ("i:", "u:", "A:", "O:", "3:"), ("eI", "aI", "aU", "oU"))
+_CONSONANTS = {"p", "t", "k", "b", "d", "g", "f", "s", "S", "T", "D", "v", "z", "Z", "h", "m", "n", "N", "l", "r", "w",
+               "j", "tS", "dZ"}
+_STRESS = "',"
+_FUNCTION_WORDS = {"the", "and", "was", "were", "they", "then", "but", "with", "that", "into", "from", "who", "there",
+                   "one", "day", "all", "too", "each", "other", "some", "under", "until", "out", "got", "them",
+                   "loved", "named", "called", "woke", "went", "met", "ever", "very", "came", "took", "used",
+                   "knew", "learned", "said", "had", "nice", "best", "also"}
+_ESPEAK_UTF8_PHONEMES = 0x101  # espeakCHARS_UTF8 | espeakPHONEMES: text inside [[ ]] is read as phoneme mnemonics
+_ESPEAK_PHONEME_SEPARATOR = ord("_") << 8  # espeak_TextToPhonemes: ASCII mnemonics, '_' between phonemes
 
 
 def _vocabulary():
@@ -85,6 +108,176 @@ def sblimp_pairs(n_per_subtype: int = 4, seed: int = 0) -> list[dict]:
     return pairs
 
 
+def swuggy_words(n: int = 40, seed: int = 0) -> list[tuple[str, int]]:
+    """`n` content words of the story corpus with their count in 500 generated stories (the `frequency` column)."""
+    import collections
+
+    from slmscale.tokenization.stories import NAMES, generate_stories
+
+    if n < 1:
+        raise SlmscaleError(f"n: expected a positive integer, got {n}")
+    counts = collections.Counter(
+        w for story in generate_stories(500, seed=0) for w in story.lower().replace(".", " ").replace(",", " ").split()
+    )
+    names = {x.lower() for x in NAMES}
+    vocabulary = sorted(w for w in counts if w.isalpha() and len(w) >= 3 and w not in names and w not in _FUNCTION_WORDS)
+    rng = random.Random(seed)
+    return [(w, counts[w]) for w in sorted(rng.sample(vocabulary, min(n, len(vocabulary))))]
+
+
+def _in_espeak_child(work) -> bytes | None:
+    """Run `work(engine)` (returning bytes) in a forked child of tokenization.synth's libespeak-ng process, under
+    its lock: libespeak-ng keeps global state (voice, wave-generator statics), so this process never speaks and
+    every call starts from the same state. None when the library is unavailable (binary fallback)."""
+    from slmscale.tokenization import synth
+
+    with synth._LOCK:
+        engine = synth._engine()
+        if engine is None or not hasattr(os, "fork"):
+            return None
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: "ok"+payload or "er"+message, exit without Python cleanup
+            code = 0
+            try:
+                os.close(read_fd)
+                try:
+                    payload = b"ok" + work(engine)
+                except Exception as exc:
+                    payload = b"er" + str(exc).encode()
+                with os.fdopen(write_fd, "wb") as pipe:
+                    pipe.write(payload)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            payload = pipe.read()
+        _, status = os.waitpid(pid, 0)
+    if payload[:2] == b"er":
+        raise SlmscaleError(f"espeak-ng: {payload[2:].decode(errors='replace')}")
+    if payload[:2] != b"ok" or status != 0:
+        raise OSError(f"espeak-ng child failed (status {status})")
+    return payload[2:]
+
+
+def phonemize(words: list[str], voice: str = "en") -> list[list[str]]:
+    """espeak-ng phonemes of each word: ASCII mnemonics, one list item per phoneme, stress marks (' primary,
+    , secondary) kept in front of the stressed vowel, e.g. "cat" -> ["k", "'a", "t"]."""
+    import ctypes
+    import json
+    import subprocess
+
+    def work(engine) -> bytes:
+        lib = engine.lib
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"voice {voice!r}: espeak-ng has no such voice")
+        out = []
+        for word in words:
+            buf = ctypes.create_string_buffer(word.encode())
+            ptr = ctypes.c_void_p(ctypes.addressof(buf))
+            out.append((lib.espeak_TextToPhonemes(ctypes.byref(ptr), 1, _ESPEAK_PHONEME_SEPARATOR) or b"").decode())
+        return json.dumps(out).encode()
+
+    payload = _in_espeak_child(work)
+    if payload is not None:
+        strings = json.loads(payload)
+    else:  # the Debian binary: same mnemonics with --sep
+        strings = [subprocess.run(["espeak-ng", "-q", "-v", voice, "-x", "--sep=_", w], capture_output=True, text=True,
+                                  check=True).stdout.strip() for w in words]
+    phones = [[t for t in s.strip().split("_") if t] for s in strings]
+    empty = [w for w, p in zip(words, phones) if not p]
+    if empty:
+        raise SlmscaleError(f"espeak-ng gave no phonemes for {empty[:3]}")
+    return phones
+
+
+def _core(phoneme: str) -> tuple[str, str]:
+    """(stress marks, phoneme) of a token such as "'a"."""
+    core = phoneme.lstrip(_STRESS)
+    return phoneme[: len(phoneme) - len(core)], core
+
+
+def _plain(phones: list[str]) -> str:
+    return " ".join(_core(p)[1] for p in phones)
+
+
+def _nonword(phones: list[str], rng: random.Random, taken: set[str]) -> list[str] | None:
+    """`phones` with one phoneme swapped for another of its class (stress kept); None if every option is taken.
+    A consonant is only swapped between vowels (or a vowel and the word edge): inside a cluster a swap can make an
+    illegal one (glue -> *dlue, school -> *shkool)."""
+    classes = {p: c for c in PHONEME_CLASSES for p in c}
+    cores = [_core(p)[1] for p in phones]
+
+    def swappable(i: int) -> bool:
+        if cores[i] not in classes:
+            return False
+        if cores[i] not in _CONSONANTS:
+            return True
+        return all(not (0 <= j < len(cores)) or cores[j] not in _CONSONANTS for j in (i - 1, i + 1))
+
+    slots = [i for i in range(len(phones)) if swappable(i)]
+    options = [(i, q) for i in slots for q in classes[_core(phones[i])[1]] if q != _core(phones[i])[1]]
+    rng.shuffle(options)
+    for i, q in options:
+        candidate = phones[:i] + [_core(phones[i])[0] + q] + phones[i + 1:]
+        if _plain(candidate) not in taken:
+            return candidate
+    return None
+
+
+def swuggy_pairs(n: int = 40, seed: int = 0) -> list[dict]:
+    """[{"word", "frequency", "phones", "nonword_phones"}]: corpus words and their one-phoneme non-words."""
+    words = swuggy_words(n, seed)
+    phones = phonemize([w for w, _ in words])
+    # a non-word must not sound like another word of the set (nor like another non-word)
+    taken = {_plain(p) for p in phones}
+    rng = random.Random(seed)
+    pairs = []
+    for (word, frequency), word_phones in zip(words, phones):
+        nonword = _nonword(word_phones, rng, taken)
+        if nonword is None:
+            continue
+        taken.add(_plain(nonword))
+        pairs.append({"word": word, "frequency": frequency, "phones": word_phones, "nonword_phones": nonword})
+    return pairs
+
+
+def _speak_phonemes(phones: list[str], voice: str, rate: int, seed: int = 0):
+    """(float32 waveform, sample rate) of a phoneme sequence, through espeak-ng's [[...]] phoneme input."""
+    import ctypes
+
+    import numpy as np
+
+    text = f"[[{''.join(phones)}]]"
+
+    def work(engine) -> bytes:
+        lib = engine.lib
+        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"voice {voice!r}: espeak-ng has no such voice")
+        lib.espeak_SetParameter(1, int(rate), 0)  # espeakRATE
+        engine._chunks = []
+        if engine._set_seed is not None:
+            engine._set_seed(seed)
+        buf = ctypes.create_string_buffer(text.encode())
+        err = lib.espeak_Synth(buf, len(buf), 0, 1, 0, _ESPEAK_UTF8_PHONEMES, None, None)
+        if err != 0:
+            raise OSError(f"espeak_Synth failed with error {err}")
+        return (np.concatenate(engine._chunks) if engine._chunks else np.zeros(0, np.int16)).astype("<i2").tobytes()
+
+    payload = _in_espeak_child(work)
+    if payload is None:  # the Debian binary reads [[...]] as phonemes by default
+        from slmscale.tokenization.synth import _tts_binary
+
+        return _tts_binary(text, voice, rate)
+    from slmscale.tokenization.synth import _engine
+
+    return np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32768.0, _engine().sample_rate
+
+
 def storycloze_questions(n: int = 24, seed: int = 0) -> list[dict]:
     """Two-ending stories in the corpus' register: "<name> went to <place>. But then <problem>." followed by the
     problem's own solution (correct) or the solution of another problem (incorrect)."""
@@ -118,14 +311,15 @@ def embedded_sentences(kind: str, seed: int = 0) -> list[str]:
     return [f"{q['prompt']} {q['correct']}" for q in storycloze_questions(seed=seed)]
 
 
-def _write_wav(path: Path, text: str, voice: str, rate: int, sample_rate: int = 16000) -> None:
+def _write_wav(path: Path, text: str | list[str], voice: str, rate: int, sample_rate: int = 16000) -> None:
+    """Speak `text` (a string, or a list of phonemes) into a 16-bit WAV at `sample_rate`."""
     import numpy as np
     import soundfile as sf
     import soxr
 
     from slmscale.tokenization.synth import tts
 
-    wav, sr = tts(text, voice=voice, rate=rate)
+    wav, sr = _speak_phonemes(text, voice, rate) if isinstance(text, list) else tts(text, voice=voice, rate=rate)
     if sr != sample_rate:
         wav = soxr.resample(wav, sr, sample_rate)
     sf.write(path, np.clip(wav, -1.0, 1.0).astype(np.float32), sample_rate, subtype="PCM_16")
@@ -155,6 +349,32 @@ def write_sblimp(out_dir: Path, pairs: list[dict], voices=EMBEDDED_VOICES, rate:
     return split
 
 
+def write_swuggy(out_dir: Path, pairs: list[dict], voices=EMBEDDED_VOICES, rate: int = EMBEDDED_RATE,
+                 progress: bool = True) -> Path:
+    """Speak every word and non-word with every voice into `out_dir/lexical/dev/` with a ZeroSpeech 2021 gold.csv
+    (columns id, filename, voice, frequency, word, phones, length, correct; the non-word's `word` is empty)."""
+    from tqdm.auto import tqdm
+
+    split = Path(out_dir) / "lexical" / "dev"
+    split.mkdir(parents=True, exist_ok=True)
+    rows = []
+    jobs = [(i, p, v, vi) for i, p in enumerate(pairs) for vi, v in enumerate(voices)]
+    for i, pair, voice, vi in tqdm(jobs, desc="embedded swuggy", unit="pair", disable=not progress):
+        for correct in (1, 0):
+            phones = pair["phones"] if correct else pair["nonword_phones"]
+            filename = f"w{i:04d}_v{vi}_{'w' if correct else 'n'}"
+            _write_wav(split / f"{filename}.wav", phones, voice, rate)
+            rows.append({"id": i, "filename": filename, "voice": voice, "frequency": pair["frequency"],
+                         "word": pair["word"] if correct else "", "phones": _plain(phones), "length": len(phones),
+                         "correct": correct})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["id", "filename", "voice", "frequency", "word", "phones", "length", "correct"])
+    writer.writeheader()
+    writer.writerows(rows)
+    (split / "gold.csv").write_text(buf.getvalue())
+    return split
+
+
 def write_storycloze(out_dir: Path, questions: list[dict], voices=EMBEDDED_VOICES, rate: int = EMBEDDED_RATE,
                      progress: bool = True) -> Path:
     """Speak every story with both endings (one voice per question) as <q>_correct.wav / <q>_incorrect.wav."""
@@ -174,11 +394,12 @@ def write_storycloze(out_dir: Path, questions: list[dict], voices=EMBEDDED_VOICE
 
 
 def ensure_embedded(kind: str, cache_dir: str | Path | None = None, seed: int = 0, progress: bool = True) -> Path:
-    """The folder of embedded benchmark `kind` ('sblimp' or 'storycloze'), generated on first use."""
+    """The folder of embedded benchmark `kind` ('sblimp', 'swuggy' or 'storycloze'), generated on first use."""
     from slmscale.models.evaluation.encoding import default_cache_dir
 
-    if kind not in ("sblimp", "storycloze"):
-        raise SlmscaleError(f"embedded benchmark {kind!r}: expected embedded:sblimp or embedded:storycloze")
+    if kind not in EMBEDDED_KINDS:
+        raise SlmscaleError(f"embedded benchmark {kind!r}: expected embedded:sblimp, embedded:swuggy or "
+                            "embedded:storycloze")
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     # the stories' wrong endings come from other topics (Topic-StoryCloze style), so the folder is named like
     # the tSC release and its metric is `tsc`
@@ -191,6 +412,9 @@ def ensure_embedded(kind: str, cache_dir: str | Path | None = None, seed: int = 
     if kind == "sblimp":
         items = sblimp_pairs(seed=seed)
         write_sblimp(work, items, progress=progress)
+    elif kind == "swuggy":
+        items = swuggy_pairs(seed=seed)
+        write_swuggy(work, items, progress=progress)
     else:
         items = storycloze_questions(seed=seed)
         write_storycloze(work, items, progress=progress)

@@ -25,19 +25,21 @@ from slmscale.models.rundir import RunDir
 __all__ = ["evaluate", "prepare_benchmark", "score_benchmark", "resolve_benchmark", "merge_into_results", "run_id_of",
            "EMBEDDED"]
 
-EMBEDDED = ("embedded:sblimp", "embedded:storycloze")
+EMBEDDED = ("embedded:sblimp", "embedded:swuggy", "embedded:storycloze")
+_EMBEDDED_TASK = {"sblimp": "sblimp", "swuggy": "swuggy", "storycloze": "tsc"}  # storycloze: topic-style negatives
 
 
 def resolve_benchmark(benchmark: str | Path, cache_dir: str | Path | None = None, task: str | None = None,
                       progress: bool = True) -> Benchmark:
-    """A folder in a released layout, or `embedded:sblimp` / `embedded:storycloze` (generated on first use)."""
+    """A folder in a released layout, or `embedded:sblimp` / `embedded:swuggy` / `embedded:storycloze` (generated
+    on first use)."""
     text = str(benchmark)
     if text.startswith("embedded:"):
         from slmscale.models.evaluation.embedded import ensure_embedded
 
         kind = text.split(":", 1)[1]
         folder = ensure_embedded(kind, cache_dir, progress=progress)
-        return load_benchmark(folder, "sblimp" if kind == "sblimp" else "tsc")  # topic-style negatives
+        return load_benchmark(folder, _EMBEDDED_TASK[kind])
     return load_benchmark(text, task)
 
 
@@ -88,16 +90,22 @@ def evaluate(
     device: str | None = None,
     write: bool = True,
     progress: bool = True,
+    zerospeech_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score the model in `run_dir` on `benchmark` (folder in a released layout, or embedded:sblimp /
-    embedded:storycloze). `units_dir` uses an already-encoded unit dataset of the benchmark instead of encoding
-    (its tokenizer hash must match the model's). Returns {"benchmark", "task", "metrics", "details",
-    "convention", "provenance"}; `metrics` keys are results-table columns."""
+    embedded:swuggy / embedded:storycloze). `units_dir` uses an already-encoded unit dataset of the benchmark
+    instead of encoding (its tokenizer hash must match the model's). `zerospeech_out` also writes the per-file
+    scores in the ZeroSpeech 2021 sLM submission layout (models.evaluation.zerospeech). Returns {"benchmark",
+    "task", "metrics", "details", "convention", "provenance"}; `metrics` keys are results-table columns."""
     from slmscale.models.checkpoint import load_model
 
     config = ScoreConfig(score=score, batch_size=batch_size, progress=progress).validate()
     run_dir = Path(run_dir)
     bench = resolve_benchmark(benchmark, cache_dir, task, progress=progress)  # layout errors before loading weights
+    if zerospeech_out is not None:
+        from slmscale.models.evaluation.zerospeech import check_zerospeech_task
+
+        check_zerospeech_task(bench)  # before spending any compute
     model, info = load_model(run_dir, device=str(pick_device(device)))
     if units_dir is None:
         units_dir = encode_benchmark(bench, info, cache_dir, progress=progress)
@@ -105,7 +113,7 @@ def evaluate(
         check_units_match(units_dir, info)
     units = read_candidate_units(units_dir, bench)
     start = time.perf_counter()
-    metrics, details, _ = score_benchmark(model, info, bench, units, config)
+    metrics, details, nll = score_benchmark(model, info, bench, units, config)
     elapsed = time.perf_counter() - start
     result = {
         "benchmark": str(benchmark),
@@ -136,6 +144,10 @@ def evaluate(
             "code_version": code_version(),
         },
     }
+    if zerospeech_out is not None:
+        from slmscale.models.evaluation.zerospeech import write_zerospeech_scores
+
+        result["zerospeech_scores"] = str(write_zerospeech_scores(zerospeech_out, bench, nll, result["provenance"]))
     if write:
         name = _slug(str(benchmark) if str(benchmark).startswith("embedded:") else f"{bench.task}-{bench.name}")
         atomic_write_json(RunDir(run_dir).eval_result(name), result)

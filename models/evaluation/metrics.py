@@ -1,10 +1,13 @@
-"""From per-candidate NLLs to benchmark accuracies (sBLIMP macro / pair / voice-pair, StoryCloze).
+"""From per-candidate NLLs to benchmark accuracies (sBLIMP macro / pair / voice-pair, sWUGGY, StoryCloze).
 
 A two-choice decision is 1 when the correct candidate has the lower NLL, 0 when it has the higher, and 0.5 on a
 tie (ZeroSpeech 2021 convention, also the authors'). sBLIMP follows the ZeroSpeech 2021 scorer: a minimal pair is
 spoken by several voices; a *voice pair* is one voice's (correct, incorrect) recording, a *pair*'s score is the mean
 over its voices, a phenomenon's accuracy the mean over its pairs, and the macro accuracy (the paper's sBLIMP
-number) the mean over phenomena. `sblimp_pair` is the flat mean over pairs.
+number) the mean over phenomena. `sblimp_pair` is the flat mean over pairs. sWUGGY follows the ZeroSpeech 2021
+lexical scorer: a (word, non-word) pair's score is the mean over its voices and `swuggy` is the mean over pairs.
+`sblimp_pair` and `swuggy` are exactly the numbers the official toolkit reports for syntactic and lexical
+(`by_pair['score'].mean()`), which tests/test_eval_known_answer.py checks by running it.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import pandas as pd
 from slmscale.errors import SlmscaleError
 from slmscale.models.evaluation.benchmarks import Benchmark, Candidate
 
-__all__ = ["decisions", "sblimp_metrics", "storycloze_metrics", "benchmark_metrics", "convention"]
+__all__ = ["decisions", "sblimp_metrics", "swuggy_metrics", "storycloze_metrics", "benchmark_metrics", "convention"]
 
 
 def decisions(nll_correct: np.ndarray, nll_incorrect: np.ndarray) -> np.ndarray:
@@ -31,7 +34,9 @@ def convention(score: str) -> str:
         f"score={score}: {what} of each candidate's units, fed as [EOS]+units (EOS as BOS), no terminal EOS; "
         "the lower NLL wins, ties count 0.5. sblimp_macro = mean over phenomena (gold.csv 'type') of the mean "
         "over pairs (pair = mean over its voices); sblimp_pair = mean over pairs; voice_pair_accuracy = mean over "
-        "(pair, voice) decisions; ssc/tsc = mean over questions."
+        "(pair, voice) decisions; swuggy = mean over (word, non-word) pairs (gold.csv 'id') of the mean over "
+        "voices; ssc/tsc = mean over questions. ZeroSpeech files (--zerospeech-out) hold score = -NLL per file "
+        "(higher = more probable), so the official toolkit reproduces sblimp_pair and swuggy."
     )
 
 
@@ -81,6 +86,21 @@ def sblimp_metrics(candidates: Sequence[Candidate], nll: np.ndarray) -> tuple[di
     return metrics, details
 
 
+def swuggy_metrics(candidates: Sequence[Candidate], nll: np.ndarray) -> tuple[dict, dict]:
+    paired = _paired_frame(candidates, nll)
+    pairs = paired.groupby("question", as_index=False)["decision"].mean()
+    by_voice = paired.groupby("voice")["decision"].mean()
+    metrics = {"swuggy": float(pairs["decision"].mean())}
+    details = {
+        "voice_pair_accuracy": float(paired["decision"].mean()),
+        "by_voice": {str(k): float(v) for k, v in by_voice.items()},
+        "n_pairs": int(len(pairs)),
+        "n_voice_pairs": int(len(paired)),
+        "ties": int((paired["decision"] == 0.5).sum()),
+    }
+    return metrics, details
+
+
 def storycloze_metrics(candidates: Sequence[Candidate], nll: np.ndarray, task: str) -> tuple[dict, dict]:
     paired = _paired_frame(candidates, nll)
     metrics = {task: float(paired["decision"].mean())}
@@ -92,4 +112,6 @@ def benchmark_metrics(bench: Benchmark, nll: np.ndarray) -> tuple[dict, dict]:
     """(metrics keyed by results-table column, details) for a benchmark and its candidates' NLLs."""
     if bench.task == "sblimp":
         return sblimp_metrics(bench.candidates, nll)
+    if bench.task == "swuggy":
+        return swuggy_metrics(bench.candidates, nll)
     return storycloze_metrics(bench.candidates, nll, bench.task)

@@ -8,7 +8,7 @@ optima of the full-grid fit (its basins), not from the whole grid.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ from slmscale.analysis.optimal import closed_form_optimal
 from slmscale.analysis.params import ScalingParams
 from slmscale.errors import SlmscaleError
 
-__all__ = ["BootstrapResult", "bootstrap_fit", "percentile_band", "PARAM_KEYS"]
+__all__ = ["BootstrapResult", "bootstrap_fit", "refit_with_weights", "percentile_band", "PARAM_KEYS"]
 
 PARAM_KEYS = ("E", "A", "B", "alpha", "beta")
 
@@ -63,6 +63,28 @@ class BootstrapResult:
         return {"N_opt": self.interval(n[:, 0]), "D_opt": self.interval(d[:, 0])}
 
 
+def refit_with_weights(data: FitData, fit: FitResult, weights: np.ndarray, progress: str | None = None) -> list[ScalingParams]:
+    """Refit `fit`'s form to the same runs under each row of per-run `weights` (R, n), all in one batched
+    minimisation, every row restarting from the distinct local optima of `fit` (its basins).
+
+    A bootstrap resample is a row of counts; a cross-validation fold is a row of 0/1 (0 = held out).
+    """
+    config = fit.config
+    device = config.torch_device()
+    starts = fit.local_optima if len(fit.local_optima) else fit.theta[None]
+    m, n_rows = len(starts), len(weights)
+    theta0 = torch.as_tensor(np.tile(starts, (n_rows, 1)), dtype=torch.float64, device=device)
+    w = torch.as_tensor(np.repeat(np.asarray(weights, dtype=float), m, axis=0), dtype=torch.float64, device=device)
+    with cpu_threads(config.cpu_threads if device.type == "cpu" else None):
+        result = minimize_batched(make_residuals(config.form, data, device), theta0, w, config.delta,
+                                  max_iter=config.max_iter, desc=progress)
+    values = result.value.cpu().numpy().reshape(n_rows, m)
+    values = np.where(np.isfinite(values), values, np.inf)
+    thetas = result.theta.cpu().numpy().reshape(n_rows, m, -1)
+    best = thetas[np.arange(n_rows), values.argmin(1)]
+    return [theta_to_params(t, config.form, source=f"refit {i}") for i, t in enumerate(best)]
+
+
 def bootstrap_fit(df: pd.DataFrame, fit: FitResult, n_boot: int = 200, seed: int = 0, level: float = 0.95,
                   source: str = "results", progress: bool = False) -> BootstrapResult:
     """Refit `n_boot` resamples of the runs `fit` used (same form, δ and exclusions)."""
@@ -70,21 +92,9 @@ def bootstrap_fit(df: pd.DataFrame, fit: FitResult, n_boot: int = 200, seed: int
         raise SlmscaleError(f"--bootstrap: expected at least 2 resamples, got {n_boot}")
     if not 0.0 < level < 1.0:
         raise SlmscaleError(f"--ci: expected a confidence level in (0, 1), got {level}")
-    config = fit.config
-    data = FitData.from_frame(df, config.exclude_highest_loss, source)
-    device = config.torch_device()
+    data = FitData.from_frame(df, fit.config.exclude_highest_loss, source)
     rng = np.random.default_rng(seed)
     counts = np.stack([np.bincount(rng.integers(0, len(data), len(data)), minlength=len(data)) for _ in range(n_boot)])
-    starts = fit.local_optima if len(fit.local_optima) else fit.theta[None]
-    m = len(starts)
-    theta0 = torch.as_tensor(np.tile(starts, (n_boot, 1)), dtype=torch.float64, device=device)
-    weights = torch.as_tensor(np.repeat(counts, m, axis=0), dtype=torch.float64, device=device)
-    with cpu_threads(config.cpu_threads if device.type == "cpu" else None):
-        result = minimize_batched(make_residuals(config.form, data, device), theta0, weights, config.delta,
-                                  max_iter=config.max_iter, desc="bootstrap" if progress else None)
-    values = result.value.cpu().numpy().reshape(n_boot, m)
-    values = np.where(np.isfinite(values), values, np.inf)
-    thetas = result.theta.cpu().numpy().reshape(n_boot, m, -1)
-    best = thetas[np.arange(n_boot), values.argmin(1)]
-    params = [theta_to_params(t, config.form, source=f"bootstrap {i}") for i, t in enumerate(best)]
+    params = refit_with_weights(data, fit, counts, "bootstrap" if progress else None)
+    params = [replace(p, source=f"bootstrap {i}") for i, p in enumerate(params)]
     return BootstrapResult(params=params, level=level, seed=seed, n_boot=n_boot)

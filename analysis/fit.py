@@ -22,7 +22,7 @@ from slmscale.analysis.params import ScalingParams
 from slmscale.errors import SlmscaleError
 from slmscale.io import code_version
 
-__all__ = ["FitConfig", "FitData", "FitResult", "fit_scaling_law", "epoch_grid", "FORMS"]
+__all__ = ["FitConfig", "FitData", "FitResult", "fit_scaling_law", "epoch_grid", "kept_mask", "FORMS"]
 
 FORMS = ("chinchilla", "data-constrained")
 
@@ -100,6 +100,17 @@ class FitConfig:
         return torch.device(self.device)
 
 
+def kept_mask(loss, exclude_highest_loss: int) -> np.ndarray:
+    """Rows a fit keeps: all but the `exclude_highest_loss` highest losses (ties: the earlier row goes)."""
+    loss = np.asarray(loss, dtype=float)
+    keep = np.ones(len(loss), dtype=bool)
+    if exclude_highest_loss:
+        if exclude_highest_loss >= len(loss):
+            raise SlmscaleError(f"--exclude-highest-loss {exclude_highest_loss}: the table has only {len(loss)} runs")
+        keep[np.argsort(-loss, kind="stable")[:exclude_highest_loss]] = False
+    return keep
+
+
 @dataclass
 class FitData:
     """The runs a fit sees, as float64 arrays (already validated and with excluded runs removed)."""
@@ -127,13 +138,7 @@ class FitData:
         unique = np.where(np.isfinite(unique) & (unique > 0), np.minimum(unique, d), d)
         loss = df["loss"].to_numpy(dtype=float)
         run_ids = [str(r) for r in df["run_id"]] if "run_id" in df.columns else [f"row{i}" for i in range(len(df))]
-        keep = np.ones(len(df), dtype=bool)
-        if exclude_highest_loss:
-            if exclude_highest_loss >= len(df):
-                raise SlmscaleError(
-                    f"--exclude-highest-loss {exclude_highest_loss}: the table has only {len(df)} runs"
-                )
-            keep[np.argsort(-loss, kind="stable")[:exclude_highest_loss]] = False
+        keep = kept_mask(loss, exclude_highest_loss)
         excluded = [r for r, k in zip(run_ids, keep) if not k]
         return cls(n[keep], d[keep], unique[keep], loss[keep], [r for r, k in zip(run_ids, keep) if k], excluded)
 

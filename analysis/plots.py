@@ -5,6 +5,8 @@
 - N_opt and D_opt vs compute: the fit, its bootstrap band, and published presets for comparison
 - downstream score vs compute with the fitted power law and its confidence band
 - training curves: loss vs tokens seen during each run, coloured by model size
+- holdout: predicted vs measured loss of held-out runs with prediction intervals
+- residuals of the fitted law against log N, log D and log C
 """
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from slmscale.analysis.bootstrap import percentile_band  # noqa: E402
+from slmscale.analysis.grid import budget_groups  # noqa: E402
 from slmscale.analysis.optimal import closed_form_optimal  # noqa: E402
 from slmscale.analysis.params import ScalingParams  # noqa: E402
 from slmscale.io import atomic_path  # noqa: E402
 
-__all__ = ["plot_loss_vs_tokens", "plot_isoflops", "plot_optimal_vs_compute", "plot_downstream", "plot_training_curves"]
+__all__ = ["plot_loss_vs_tokens", "plot_isoflops", "plot_optimal_vs_compute", "plot_downstream", "plot_training_curves",
+           "plot_holdout", "plot_residuals"]
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 150, "font.size": 10.5, "axes.titlesize": 12, "axes.titleweight": "bold",
@@ -92,16 +96,9 @@ def plot_loss_vs_tokens(df: pd.DataFrame, params: ScalingParams | None, path: Pa
 
 
 def _budget_groups(flops: np.ndarray, max_groups: int = 6) -> list[tuple[float, np.ndarray]]:
-    """Runs that share a compute budget (within a factor 1.5), largest groups first, at most max_groups."""
-    order = np.argsort(flops)
-    groups, current = [], [order[0]]
-    for i in order[1:]:
-        if flops[i] <= flops[current[0]] * 1.5:
-            current.append(i)
-        else:
-            groups.append(np.array(current))
-            current = [i]
-    groups.append(np.array(current))
+    """Runs that share a compute budget (analysis.grid), largest groups first, at most max_groups."""
+    labels = budget_groups(flops)
+    groups = [np.flatnonzero(labels == g) for g in range(labels.max() + 1)]
     groups = [g for g in groups if len(g) >= 3] or groups
     groups = sorted(groups, key=len, reverse=True)[:max_groups]
     return sorted(((float(np.exp(np.log(flops[g]).mean())), g) for g in groups), key=lambda t: t[0])
@@ -230,3 +227,45 @@ def plot_training_curves(curves: Mapping[str, pd.DataFrame], sizes: Mapping[str,
         ax.set_title(title)
         ax.legend(title="model size", loc="upper right")
         return _save(fig, Path(path))
+
+
+def plot_holdout(holdout, path: Path) -> Path:
+    """Predicted vs measured loss: training runs in grey, held-out runs with their prediction intervals."""
+    runs, train = holdout.runs, holdout.train
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 5.6))
+        ax.scatter(train["loss"], train["predicted"], s=12, color="#aaaaaa", label=f"training runs ({len(train)})", zorder=2)
+        inside = runs["inside"].to_numpy(bool)
+        for mask, colour, label in ((inside, "#1f77b4", "held out, inside interval"),
+                                    (~inside, "#d62728", "held out, outside interval")):
+            if mask.any():
+                r = runs[mask]
+                ax.errorbar(r["loss"], r["predicted"], yerr=[r["predicted"] - r["lo"], r["hi"] - r["predicted"]],
+                            fmt="o", ms=4, color=colour, ecolor=colour, elinewidth=1, capsize=2, label=label, zorder=3)
+        every = np.concatenate([train["loss"], runs["loss"], runs["lo"], runs["hi"]])
+        lo, hi = every.min() * 0.98, every.max() * 1.02
+        ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="predicted = measured")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel("measured loss")
+        ax.set_ylabel("predicted loss (fit on the other runs)")
+        summary = holdout.summary()
+        ax.set_title(f"Holdout: MAPE {summary['mape']:.2f} %, {holdout.level:.0%} interval coverage "
+                     f"{summary['coverage']:.0%}")
+        ax.legend(loc="upper left")
+        return _save(fig, path)
+
+
+def plot_residuals(frame: pd.DataFrame, path: Path) -> Path:
+    """Residuals log L − log L̂ against log N, log D and log C (a trend = the form misses something there)."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+        for ax, axis, label in zip(axes, ("log_n", "log_d", "log_c"), ("parameters N", "tokens D", "compute C")):
+            x = np.exp(frame[axis].to_numpy(float))
+            ax.scatter(x, frame["residual"], s=14, color="#1f77b4", alpha=0.75)
+            ax.axhline(0.0, color="black", lw=1)
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+        axes[0].set_ylabel("residual log L − log L̂")
+        fig.suptitle("Residuals of the fitted law", fontweight="bold")
+        return _save(fig, path)

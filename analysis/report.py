@@ -7,10 +7,14 @@ downstream laws for the metric columns present, provenance last.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
-from collections.abc import Sequence
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +22,11 @@ import numpy as np
 import pandas as pd
 
 from slmscale.errors import SlmscaleError
-from slmscale.io import atomic_write_text, code_version, sha256_file
+from slmscale.io import atomic_path, atomic_write_text, code_version, sha256_file
 
 __all__ = ["Report", "Section", "build_report", "fmt"]
+
+SAMPLES_DIR = "samples"  # audio samples, relative to the report folder
 
 
 def fmt(x, digits: int = 4) -> str:
@@ -59,7 +65,19 @@ class Section:
         return self
 
     def image(self, path: str | Path, caption: str) -> Section:
-        self.blocks.append(("image", (Path(path).name, caption)))
+        """A figure; `Report.write` copies it next to the report when it lives elsewhere."""
+        self.blocks.append(("image", (Path(path), caption)))
+        return self
+
+    def audio(self, path: str | Path, caption: str) -> Section:
+        """An audio sample: copied into `samples/` of the report folder by `Report.write` and rendered as an
+        HTML `<audio controls>` player (in Markdown, a link to the file). The copy's name carries a hash of
+        the file's bytes, so samples with the same name from different folders do not overwrite each other."""
+        path = Path(path)
+        if not path.is_file():
+            raise SlmscaleError(f"audio sample {path}: file not found; expected an audio file to put in the report")
+        name = f"{path.stem}-{sha256_file(path)[:10]}{path.suffix}"
+        self.blocks.append(("audio", (path, f"{SAMPLES_DIR}/{name}", caption)))
         return self
 
     def code(self, text: str) -> Section:
@@ -99,8 +117,11 @@ class Report:
                               "|" + "|".join("---" for _ in body.columns) + "|"]
                     lines += ["| " + " | ".join(row) + " |" for row in cells] + [""]
                 elif kind == "image":
-                    name, caption = body
-                    lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+                    path, caption = body
+                    lines += [f"![{caption}]({path.name})", "", f"*{caption}*", ""]
+                elif kind == "audio":
+                    _, href, caption = body
+                    lines += [f"[▶ {caption}]({href})", ""]
                 elif kind == "code":
                     lines += ["```", body, "```", ""]
         return "\n".join(lines)
@@ -122,8 +143,12 @@ class Report:
                                    for row in body.itertuples(index=False))
                     parts.append(f"<div class='tw'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
                 elif kind == "image":
-                    name, caption = body
-                    parts.append(f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
+                    path, caption = body
+                    parts.append(f"<figure><img src='{html.escape(path.name)}' alt='{html.escape(caption)}'>"
+                                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+                elif kind == "audio":
+                    _, href, caption = body
+                    parts.append(f"<figure><audio controls preload='none' src='{html.escape(href)}'></audio>"
                                  f"<figcaption>{html.escape(caption)}</figcaption></figure>")
                 elif kind == "code":
                     parts.append(f"<pre>{html.escape(body)}</pre>")
@@ -140,10 +165,82 @@ class Report:
                 f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
 
     def write(self, out_dir: str | Path) -> tuple[Path, Path]:
+        """Write report.md and report.html into out_dir, first copying figures and audio samples that live
+        elsewhere next to them (figures beside the report, samples into samples/)."""
         out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for sec in self.sections:
+            for kind, body in sec.blocks:
+                if kind == "image":
+                    _copy_into(body[0], out_dir / body[0].name)
+                elif kind == "audio":
+                    _copy_into(body[0], out_dir / body[1])
         md = atomic_write_text(out_dir / "report.md", self.to_markdown())
         page = atomic_write_text(out_dir / "report.html", self.to_html())
         return md, page
+
+
+def _copy_into(source: Path, target: Path) -> None:
+    """Copy a figure or sample to where the report refers to it (nothing to do when it is already there)."""
+    if target.exists() and source.exists() and source.resolve() == target.resolve():
+        return
+    if not source.is_file():
+        if target.is_file():
+            return  # written into the report folder directly
+        raise SlmscaleError(f"report: figure or sample {source} not found; expected the file the section refers to")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target, suffix=target.suffix) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+# A report folder holds only what a report writes: these names, figures and audio. Anything else means -o
+# points at a folder the user keeps other things in, which replacing the folder whole would destroy.
+REPORT_FILES = {"report.md", "report.html"}
+REPORT_SUFFIXES = {".png", ".svg", ".jpg", ".wav", ".flac", ".mp3", ".ogg"}
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise SlmscaleError(f"-o {out_dir}: exists and is not a folder; expected a new or an earlier report folder")
+    foreign = sorted(p.name for p in out_dir.iterdir()
+                     if not (p.name in REPORT_FILES or (p.is_dir() and p.name == SAMPLES_DIR)
+                             or (p.is_file() and p.suffix.lower() in REPORT_SUFFIXES)))
+    if foreign:
+        raise SlmscaleError(f"-o {out_dir}: the folder holds files a report does not write ({foreign[:5]}); the report "
+                            "replaces its folder whole, so expected a new folder or an earlier report folder")
+
+
+@contextlib.contextmanager
+def staged_folder(out_dir: str | Path) -> Iterator[Path]:
+    """Build a report in a fresh sibling folder and swap it in for `out_dir` whole when the block succeeds.
+
+    The old report stays in place until the new one is complete; if the block raises, the half-built folder
+    is removed and the old report is untouched (a failed report never leaves new figures beside old text).
+    """
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = out_dir.parent / f".{out_dir.name}.building-{tag}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = out_dir.parent / f".{out_dir.name}.old-{tag}"
+    if out_dir.exists():
+        out_dir.rename(old)
+    try:
+        staging.rename(out_dir)
+    except OSError:
+        if old.exists():
+            old.rename(out_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,22 +317,83 @@ def optimal_section(report: Report, params, budgets: Sequence[float], boot=None,
         sec.image(path, caption)
 
 
-def downstream_section(report: Report, results: Sequence[dict], figures: Sequence[tuple[Path, str]] = ()) -> None:
+def downstream_section(report: Report, results: Sequence[dict], figures: Sequence[tuple[Path, str]] = (),
+                       skipped: Sequence[str] = ()) -> None:
+    from slmscale.analysis.downstream import format_multiplier
+
     sec = report.section("Downstream laws")
     rows = []
     for r in results:
+        log10_m = r.get("log10_compute_multiplier")
+        two_step = r.get("two_step", {})
         rows.append({
             "metric": r["metric"], "gamma": r["gamma"], "gamma CI": f"{fmt(r['ci']['gamma'][0])} – {fmt(r['ci']['gamma'][1])}",
             "k": r["k"], "R²": r["r2"], "runs": r["n_runs"],
             "slope vs loss": r.get("versus_loss", {}).get("slope"),
+            "MAPE direct %": two_step.get("direct_mape"), "MAPE via loss %": two_step.get("mape"),
             "paper γ speech": r.get("paper_gamma", {}).get("speech"), "paper γ text": r.get("paper_gamma", {}).get("text"),
-            "compute multiplier vs text": r.get("compute_multiplier"),
+            "compute multiplier vs text": format_multiplier(log10_m) if log10_m is not None else None,
         })
     sec.text("Q = k·C^γ fitted by least squares in log-log space; the compute multiplier is how much more compute "
-             "these models need for the score gain text LMs (Pythia, paper Table 4) get from 10× more compute.")
-    sec.table(rows)
+             "these models need for the score gain text LMs (Pythia, paper Table 4) get from 10× more compute. "
+             "MAPE direct / via loss: in-sample errors of Q = k·C^γ and of the two-step prediction (loss from the "
+             "fitted L(N, D), then the score from its linear fit against loss).")
+    if rows:
+        sec.table(rows)
+    for note in skipped:
+        sec.text(f"Skipped: {note}")
     for path, caption in figures:
         sec.image(path, caption)
+
+
+def trust_section(report: Report, holdout=None, approach_rows: Sequence[dict] = (), at_compute: float | None = None,
+                  warnings: Sequence[str] = (), trends: dict | None = None, notes: Sequence[str] = (),
+                  figures: Sequence[tuple[Path, str]] = ()) -> None:
+    """"Can this law be trusted?": holdout extrapolation, the approaches side by side, diagnostics."""
+    sec = report.section("Can this law be trusted?")
+    if holdout is not None:
+        h = holdout.summary()
+        sec.text(f"**Holdout extrapolation.** The law was refitted without the {h['held_out']} ({h['n']} runs, compute "
+                 f"≥ {fmt(h['min_heldout_compute'])}; {h['n_train']} training runs up to {fmt(h['max_train_compute'])}) "
+                 f"and predicted them: MAPE {h['mape']:.2f} %, max {h['max_ape']:.2f} %, bias {h['bias']:+.2f} % "
+                 f"(+ = over-predicted); {h['coverage']:.0%} of the measured losses fall inside the {h['level']:.0%} "
+                 f"prediction intervals (bootstrap over training runs, {h['n_boot']} resamples, plus residual noise).")
+        structure = h["structure"]
+        rows = []
+        if "leave_one_budget_out" in structure:
+            s_ = structure["leave_one_budget_out"]
+            rows.append({"check": f"leave one budget out ({len(s_['folds'])} folds)", "runs": sum(f["n"] for f in s_["folds"]),
+                         "MAPE %": s_["mape"], "max APE %": s_["max_ape"], "bias %": s_["bias"]})
+        if "leave_largest_size_out" in structure:
+            s_ = structure["leave_largest_size_out"]
+            rows.append({"check": f"leave the largest size out (N ≈ {fmt(s_['n_params'])})", "runs": s_["n"],
+                         "MAPE %": s_["mape"], "max APE %": s_["max_ape"], "bias %": s_["bias"]})
+        if rows:
+            sec.table(rows)
+    if approach_rows:
+        sec.text(f"**Approaches.** The allocation N_opt ∝ C^a, D_opt ∝ C^b by each approach, and N_opt, D_opt at "
+                 f"C = {fmt(at_compute)} FLOPs; `disagrees` names approaches whose intervals of a or N_opt do not overlap.")
+        sec.table([{"approach": r["approach"], "a": r["a"], "a CI": _interval(r["a_ci"]), "b": r["b"],
+                    "b CI": _interval(r["b_ci"]), "N_opt": r["N_opt"], "N_opt CI": _interval(r["N_opt_ci"]),
+                    "D_opt": r["D_opt"], "D_opt CI": _interval(r["D_opt_ci"]),
+                    "disagrees": ", ".join(r["disagrees"]) or "–"} for r in approach_rows])
+    for note in notes:
+        sec.text(note)
+    if trends:
+        sec.text(f"**Residuals** (log L − log L̂): RMS {trends['rms']:.4f}; slope per e-fold against log N "
+                 f"{trends['slope_vs_log_n']:+.4f}, log D {trends['slope_vs_log_d']:+.4f}, log C {trends['slope_vs_log_c']:+.4f} "
+                 "(a clear trend means the form misses something along that axis).")
+    if warnings:
+        sec.text("**Warnings about the design:** " + " · ".join(warnings))
+    else:
+        sec.text("**Design:** no warnings (enough sizes, token counts and budgets; N and D not collinear).")
+    for path, caption in figures:
+        sec.image(path, caption)
+
+
+def _interval(ci: Sequence[float]) -> str:
+    lo, hi = ci
+    return "–" if not (np.isfinite(lo) and np.isfinite(hi)) else f"{fmt(lo)} – {fmt(hi)}"
 
 
 def provenance_section(report: Report, inputs: dict[str, Path | str], extra: dict | None = None,
@@ -261,8 +419,30 @@ def provenance_section(report: Report, inputs: dict[str, Path | str], extra: dic
 def build_report(df: pd.DataFrame, out_dir: str | Path, *, results_path: str | Path | None = None, fit_config=None,
                  n_boot: int = 0, seed: int = 0, level: float = 0.95, budgets: Sequence[float] | None = None,
                  metrics: Sequence[str] | None = None, title: str = "Scaling study report",
-                 report: Report | None = None, progress: bool = False) -> dict:
-    """Fit, bootstrap, plot and write the report for a results table (canonical columns). Returns a summary dict."""
+                 report: Report | None = None, progress: bool = False, holdout_fraction: float | None = 0.2,
+                 samples: Sequence[tuple[str | Path, str]] = ()) -> dict:
+    """Fit, bootstrap, plot and write the report for a results table (canonical columns). Returns a summary dict.
+
+    The report is built in a sibling folder and swapped in for `out_dir` whole (`staged_folder`): a failure
+    leaves an earlier report there untouched. `samples` are (audio file, caption) pairs for a "Listen"
+    section; `holdout_fraction` (None = no holdout) is the share of highest-compute runs held out in
+    "Can this law be trusted?".
+    """
+    from slmscale.analysis.downstream import check_level
+
+    check_level(level)
+    out_dir = Path(out_dir)
+    with staged_folder(out_dir) as staging:
+        summary = _build_into(df, staging, results_path=results_path, fit_config=fit_config, n_boot=n_boot, seed=seed,
+                              level=level, budgets=budgets, metrics=metrics, title=title, report=report,
+                              progress=progress, holdout_fraction=holdout_fraction, samples=samples)
+    summary.update(report_md=str(out_dir / "report.md"), report_html=str(out_dir / "report.html"),
+                   figures=sorted(p.name for p in out_dir.glob("*.png")))
+    return summary
+
+
+def _build_into(df: pd.DataFrame, out_dir: Path, *, results_path, fit_config, n_boot, seed, level, budgets, metrics,
+                title, report, progress, holdout_fraction, samples) -> dict:
     from slmscale.analysis.bootstrap import bootstrap_fit
     from slmscale.analysis.downstream import GAMMA_TABLE4, downstream_analysis, metric_family
     from slmscale.analysis.fit import FitConfig, fit_scaling_law
@@ -270,8 +450,6 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, *, results_path: str | P
     from slmscale.analysis.plots import plot_downstream, plot_isoflops, plot_loss_vs_tokens, plot_optimal_vs_compute
     from slmscale.analysis.schema import METRIC_COLUMNS
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     config = fit_config or FitConfig()
     source = str(results_path or "results")
     fit = fit_scaling_law(df, config, source=source, progress=progress)
@@ -295,29 +473,87 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, *, results_path: str | P
     optimal_section(report, fit.params, budgets, boot, presets,
                     [(opt_fig, "Compute-optimal N and D vs compute: this fit (band: bootstrap CI) and published presets.")])
 
-    metric_cols = [m for m in (metrics or METRIC_COLUMNS) if m in df.columns and pd.to_numeric(df[m], errors="coerce").notna().sum() >= 3]
-    downstream = []
-    if metric_cols:
-        from slmscale.analysis.downstream import fit_power_law, metric_rows
+    trust = _trust(report, df, fit, boot, config, out_dir, level=level, seed=seed, source=source,
+                   at_compute=max(budgets), holdout_fraction=holdout_fraction, progress=progress)
 
-        figs = []
-        for m in metric_cols:
+    # Every metric column present (or asked for) is tried; one that cannot be fitted (all NaN, constant,
+    # non-positive, γ ≤ 0 for the multiplier) is skipped with a note instead of aborting the report.
+    wanted = list(metrics) if metrics else [m for m in METRIC_COLUMNS if m in df.columns]
+    downstream, figs, skipped = [], [], []
+    for m in wanted:
+        try:
             try:
-                r = downstream_analysis(df, m, versus="text" if metric_family(m) else None, level=level, source=source)
-            except SlmscaleError:  # gamma <= 0: the law is still worth showing, the multiplier does not exist
-                r = downstream_analysis(df, m, versus=None, level=level, source=source)
-            downstream.append(r)
+                r = downstream_analysis(df, m, versus="text" if metric_family(m) else None, level=level, source=source,
+                                        loss_params=fit.params)
+            except SlmscaleError as exc:
+                if "compute multiplier" not in str(exc):
+                    raise
+                # γ ≤ 0: the law is still worth showing, the multiplier does not exist
+                r = downstream_analysis(df, m, versus=None, level=level, source=source, loss_params=fit.params)
+            from slmscale.analysis.downstream import fit_power_law, metric_rows
+
             rows = metric_rows(df, m, source)
             law = fit_power_law(rows["flops"], rows[m], level)
-            refs = GAMMA_TABLE4.get(metric_family(m) or "", {})
-            figs.append((plot_downstream(rows["flops"], rows[m], law, out_dir / f"downstream_{m}.png", m, level, refs),
-                         f"{m} vs compute with the fitted power law; dashed: slopes of paper Table 4."))
-        downstream_section(report, downstream, figs)
+        except SlmscaleError as exc:
+            skipped.append(f"`{m}`: {exc}")
+            continue
+        downstream.append(r)
+        refs = GAMMA_TABLE4.get(metric_family(m) or "", {})
+        figs.append((plot_downstream(rows["flops"], rows[m], law, out_dir / f"downstream_{m}.png", m, level, refs),
+                     f"{m} vs compute with the fitted power law; dashed: slopes of paper Table 4."))
+    if downstream or skipped:
+        downstream_section(report, downstream, figs, skipped)
+
+    if samples:
+        sec = report.section("Listen")
+        for path, caption in samples:
+            sec.audio(path, caption)
 
     inputs = {"results table": results_path} if results_path else {}
     provenance_section(report, inputs, {"fit": {k: v for k, v in fit.to_dict().items() if k != "excluded_run_ids"},
                                         "bootstrap": {"n": n_boot, "seed": seed, "level": level} if n_boot else None}, df)
-    md, page = report.write(out_dir)
-    return {"report_md": str(md), "report_html": str(page), "fit": fit.to_dict(),
-            "ci": boot.ci() if boot else None, "downstream": downstream,
-            "figures": sorted(p.name for p in out_dir.glob("*.png"))}
+    report.write(out_dir)
+    return {"fit": fit.to_dict(), "ci": boot.ci() if boot else None, "downstream": downstream,
+            "skipped_metrics": skipped, **trust}
+
+
+def _trust(report: Report, df: pd.DataFrame, fit, boot, config, out_dir: Path, *, level: float, seed: int, source: str,
+           at_compute: float, holdout_fraction: float | None, progress: bool) -> dict:
+    """The "Can this law be trusted?" section; returns its numbers for the summary. Each check that the
+    table cannot support (too few runs to hold any out, no isoFLOP budgets, …) is replaced by a note."""
+    from slmscale.analysis.approaches import approach1, approach2, approach3, compare_approaches
+    from slmscale.analysis.diagnostics import design_warnings, residual_frame, residual_trends
+    from slmscale.analysis.holdout import HoldoutSpec, holdout_evaluation, used_runs
+    from slmscale.analysis.plots import plot_holdout, plot_residuals
+
+    used = used_runs(df, config)
+    notes, figures, out = [], [], {}
+    holdout = None
+    if holdout_fraction:
+        try:
+            holdout = holdout_evaluation(df, config, HoldoutSpec(fraction=holdout_fraction), n_boot=max(boot.n_boot if boot else 0, 50),
+                                         seed=seed, level=level, source=source, progress=progress, full_fit=fit)
+        except SlmscaleError as exc:
+            notes.append(f"No holdout extrapolation: {exc}")
+    if holdout is not None:
+        figures.append((plot_holdout(holdout, out_dir / "holdout.png"),
+                        "Predicted vs measured loss: held-out runs (highest compute) with prediction intervals; "
+                        "grey: training runs."))
+        out["holdout"] = {k: v for k, v in holdout.summary().items() if k != "runs"}
+    laws = []
+    for build in (lambda: approach1(used, seed=seed), lambda: approach2(used, seed=seed),
+                  lambda: approach3(fit.params, boot, n_runs=fit.n_runs)):
+        try:
+            laws.append(build())
+        except SlmscaleError as exc:
+            notes.append(f"Not available here — {exc}.")
+    rows = compare_approaches(laws, at_compute, level) if laws else []
+    out["approaches"] = rows
+    frame = residual_frame(used, fit.params)
+    trends = residual_trends(frame)
+    figures.append((plot_residuals(frame, out_dir / "residuals.png"),
+                    "Residuals of the fitted law against N, D and C, for the runs it was fitted to."))
+    warnings = design_warnings(used, boot.ci() if boot else None, fit.params, level)
+    out["diagnostics"] = {"warnings": warnings, "residuals": trends}
+    trust_section(report, holdout, rows, at_compute, warnings, trends, notes, figures)
+    return out

@@ -24,6 +24,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "ColumnMap",
     "read_results",
+    "read_score_table",
     "write_results",
     "validate_results",
 ]
@@ -57,8 +58,9 @@ PROVENANCE_COLUMNS = (
     "val_loss",  # float
 )
 
-# Downstream metric columns written by evaluation (accuracies in [0, 1]).
-METRIC_COLUMNS = ("sblimp_macro", "sblimp_pair", "ssc", "tsc")
+# Downstream metric columns written by evaluation (accuracies in [0, 1]). swuggy is sWUGGY lexical accuracy
+# (ZeroSpeech 2021); the paper's Table 4 has no γ for it.
+METRIC_COLUMNS = ("sblimp_macro", "sblimp_pair", "ssc", "tsc", "swuggy")
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,39 @@ def read_results(
     if "epochs" not in df.columns:
         df["epochs"] = pd.to_numeric(df["tokens"], errors="coerce") / pd.to_numeric(df["unique_tokens"], errors="coerce")
     validate_results(df, source=str(path), require_loss=require_loss)
+    return df
+
+
+def read_score_table(path: str | Path, columns: ColumnMap = ColumnMap()) -> pd.DataFrame:
+    """Read a table of downstream scores: it needs training compute (a compute column, or N and D) and
+    metric columns; N, D and loss are optional (a released table of scores often has only compute).
+
+    Returns canonical names (`flops`, and `n_params`/`tokens`/`loss` where present). If every run has N,
+    D and loss the table is read exactly as `read_results` reads it.
+    """
+    path = Path(path)
+    df = _read_any(path)
+    if columns.n in df.columns and (columns.d in df.columns or columns.flops in df.columns) and columns.loss in df.columns:
+        return read_results(path, columns, require_loss=True)
+    has_size = columns.n in df.columns and (columns.d in df.columns or columns.flops in df.columns)
+    if has_size:
+        return read_results(path, columns, require_loss=False)
+    if columns.flops not in df.columns:
+        raise SlmscaleError(
+            f"{path}: missing column '{columns.flops}' (training compute C) and no model size / tokens columns "
+            f"('{columns.n}', '{columns.d}') to derive it from; pass --flops-col, or --n-col and --d-col. "
+            f"Columns: {list(df.columns)}"
+        )
+    rename = {user: canon for canon, user in (("flops", columns.flops), ("loss", columns.loss)) if user in df.columns}
+    df = df.drop(columns=[c for c in rename.values() if c in df.columns and c not in rename]).rename(columns=rename)
+    compute = pd.to_numeric(df["flops"], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(compute) | (compute <= 0)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise SlmscaleError(f"{path}: column '{columns.flops}' must hold finite positive FLOP counts; rows {rows} do not")
+    df["flops"] = compute
+    if "run_id" not in df.columns:
+        df["run_id"] = [f"row{i}" for i in range(len(df))]
     return df
 
 

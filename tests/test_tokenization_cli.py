@@ -150,3 +150,69 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     assert rc == 2 and "--text" in err
     rc, _, err = _run(capsys, "tokenize", "manifest", str(tmp_path / "nope"), "-o", str(tmp_path / "m.parquet"))
     assert rc == 2 and "no such folder" in err
+
+
+def test_encode_checks_its_arguments_before_starting_ray(story_units, capsys, tmp_path, monkeypatch):
+    """A wrong manifest or flag costs no Ray start-up (7-16 s): the error comes before ensure_ray is reached."""
+    import slmscale.ray_utils
+
+    started = []
+    monkeypatch.setattr(slmscale.ray_utils, "ensure_ray", lambda *a, **k: started.append(a))
+    rc, _, err = _run(capsys, "tokenize", "encode", "--manifest", str(tmp_path / "none.parquet"), "-o", str(tmp_path / "u"),
+                      "--address", "127.0.0.1:9")
+    assert rc == 2 and "manifest not found" in err and err.count("\n") == 1
+    rc, _, err = _run(capsys, "tokenize", "encode", "--manifest", str(story_units / "m.parquet"), "-o", str(tmp_path / "u"),
+                      "--actors", "0")
+    assert rc == 2 and "--actors" in err
+    assert started == [] and not (tmp_path / "u").exists()
+
+
+def test_encode_with_an_address_nobody_listens_on_fails_in_seconds(story_units, tmp_path):
+    """`ray.init` would retry for minutes, deaf to SIGTERM; the address is checked before Ray is touched."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "slmscale", "tokenize", "encode", "--manifest",
+                           str(story_units / "m.parquet"), "-o", str(tmp_path / "u"), "--address", f"127.0.0.1:{port}",
+                           "-q"], capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 2 and time.monotonic() - start < 45, proc.stderr[-2000:]
+    assert f"could not reach a Ray cluster at --address '127.0.0.1:{port}'" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "u").exists()
+
+
+def test_synth_refuses_utt_ids_that_leave_the_output_folder(capsys, tmp_path):
+    from slmscale.errors import SlmscaleError
+    from slmscale.tokenization.synth import synthesize
+
+    out = tmp_path / "deep" / "audio"
+    for bad in ("../escape", "/tmp/escape", "a/../../escape", "a//b", "./a", ""):
+        text = tmp_path / "lines.txt"
+        text.write_text(f"ok1\tHello there.\n{bad}\tGoodbye.\n")
+        rc, _, err = _run(capsys, "tokenize", "synth", "--text", str(text), "-o", str(out), "-q")
+        assert rc == 2 and f"{text}:2: utt_id {bad!r}" in err and err.count("\n") == 1, err
+        with pytest.raises(SlmscaleError, match="inside the output folder"):
+            synthesize([("ok1", "Hello."), (bad, "Goodbye.")], out, progress=False)
+    assert not any(p.suffix == ".wav" for p in tmp_path.rglob("*"))  # refused before anything was spoken
+    assert synthesize([("spk1/utt1", "Hello there.")], out, progress=False).is_file()
+    assert (out / "spk1" / "utt1.wav").is_file()
+
+
+def test_stats_names_a_damaged_shard_in_one_line(story_units, capsys, tmp_path):
+    import shutil
+
+    units = tmp_path / "units"
+    shutil.copytree(story_units / "units", units)
+    shard = units / "shard-00001.parquet"
+    assert json.loads((units / ".shards" / "shard-00001.json").read_text())["rows"] == 8  # recorded when written
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a truncated copy
+    rc, _, err = _run(capsys, "tokenize", "stats", str(units))
+    assert rc == 2 and err.count("\n") == 1 and f"{shard}: corrupt unit shard" in err and "truncated" in err, err
+    shutil.rmtree(units / ".shards")  # a dataset from before the records: Parquet itself refuses the file
+    rc, _, err = _run(capsys, "tokenize", "stats", str(units))
+    assert rc == 2 and err.count("\n") == 1 and f"{shard}: corrupt unit shard" in err and "not readable" in err, err

@@ -412,3 +412,56 @@ def test_two_hour_file_is_chunked(ray_local, tmp_path, tok):
     # identical minutes give (nearly) the same frame units wherever they are in the file; the streaming
     # resampler may shift a chunk boundary by a sample or two, which moves a few frames across units
     assert (a[:n] == b[:n]).mean() > 0.9
+
+
+@pytest.fixture(scope="module")
+def four_utterances(tmp_path_factory) -> Path:
+    audio = tmp_path_factory.mktemp("four") / "audio"
+    return synthesize([(f"f{i}", f"{SENTENCES[i]} Four.") for i in range(4)], audio, voices=["en"], rates=[170],
+                      progress=False)
+
+
+def test_reencode_redoes_a_damaged_shard_and_says_why(ray_local, tmp_path, four_utterances, capfd):
+    out = tmp_path / "units"
+    meta = encode(four_utterances, "mfcc", out, rows_per_shard=2, progress=False)
+    first, second = out / "shard-00000.parquet", out / "shard-00001.parquet"
+    assert meta.schema_version == 2 and set(meta.shards) == {first.name, second.name}
+    assert meta.shards[first.name]["rows"] == 2 and len(meta.shards[first.name]["sha256"]) == 64
+    original = pq.read_table(first).to_pylist()
+    kept = (second.stat().st_ino, second.stat().st_mtime_ns)
+    capfd.readouterr()
+
+    first.write_bytes(first.read_bytes()[:-100])  # truncated: the footer is gone
+    encode(four_utterances, "mfcc", out, rows_per_shard=2, progress=False)
+    assert f"redoing {first}: it has" in capfd.readouterr().err
+    assert pq.read_table(first).to_pylist() == original
+    assert (second.stat().st_ino, second.stat().st_mtime_ns) == kept  # the intact shard is not redone
+
+    # same size, same row count, other bytes: only the checksum tells
+    data = bytearray(first.read_bytes())
+    data[8] ^= 0xFF
+    first.write_bytes(bytes(data))
+    again = encode(four_utterances, "mfcc", out, rows_per_shard=2, progress=False)
+    assert f"redoing {first}: its SHA-256 differs" in capfd.readouterr().err
+    assert pq.read_table(first).to_pylist() == original and again.counts == meta.counts
+    assert json.loads((out / "meta.json").read_text())["shards"][first.name] == json.loads(
+        (out / ".shards" / "shard-00000.json").read_text())
+
+
+def test_duplicate_audio_is_rejected_naming_the_first_and_actors_are_capped(ray_local, tmp_path, four_utterances,
+                                                                            capfd):
+    rows = read_manifest(four_utterances).to_pylist()
+    copy = tmp_path / "copy_of_f1.wav"
+    copy.write_bytes(Path(rows[1]["path"]).read_bytes())  # the same recording under another name
+    manifest = build_manifest(tmp_path, tmp_path / "m.parquet", progress=False)  # copy only; add the others
+    table = read_manifest(manifest).to_pylist() + rows
+    manifest = write_manifest(sorted(table, key=lambda r: r["utt_id"]), tmp_path / "all.parquet")
+    meta = encode(manifest, "mfcc", tmp_path / "units", rows_per_shard=2, actors=8, progress=False)
+    assert "--actors 8 capped at 2, the CPUs of the Ray cluster" in capfd.readouterr().err
+    assert meta.extra["resources"]["actors"] <= 2
+    ids = read_units_table(tmp_path / "units").column("utt_id").to_pylist()
+    assert sorted(ids) == ["copy_of_f1", "f0", "f2", "f3"]  # manifest order copy_of_f1 f0 f1 ...: the copy is first
+    rejects = pq.read_table(tmp_path / "units" / "rejects.parquet").to_pylist()
+    assert [(r["reason"], r["source"]) for r in rejects] == [("duplicate", rows[1]["path"])]
+    assert "utt_id=f1: same audio" in rejects[0]["detail"] and f"utt_id=copy_of_f1 ({copy})" in rejects[0]["detail"]
+    assert meta.counts["files"] == 5 and meta.counts["encoded_files"] == 4 and meta.counts["rejected"] == 1

@@ -37,7 +37,6 @@ def _manifest(args) -> int:
 
 
 def _encode(args) -> int:
-    from slmscale.ray_utils import ensure_ray
     from slmscale.tokenization.config import EncodeConfig
     from slmscale.tokenization.encode import encode
 
@@ -45,8 +44,7 @@ def _encode(args) -> int:
                        kmeans=args.kmeans, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
                        dedup=not args.no_dedup, rows_per_shard=args.rows_per_shard, chunk_s=args.chunk_s,
                        batch_size=args.batch_size, window_rows=args.window_rows, progress=not args.quiet)
-    ensure_ray(args.address)  # after the settings are checked: a bad flag costs no Ray start-up
-    meta = encode(cfg)
+    meta = encode(cfg, address=args.address)  # checks manifest, tokenizer and address before it starts Ray
     c = meta.counts
     print(f"wrote {args.output}: {c['utterances']} utterance(s), {c['units']:,} units, {c['hours']:.3f} h from "
           f"{c['encoded_files']} file(s); {c['rejected']} rejected (see rejects.parquet); tokenizer hash "
@@ -97,6 +95,8 @@ def _unigram_apply(args) -> int:
 
 
 def _read_text_items(path: Path) -> list[tuple[str, str]]:
+    from slmscale.tokenization.synth import check_utt_id
+
     if not path.is_file():
         raise SlmscaleError(f"--text {path}: file not found")
     items = []
@@ -104,6 +104,8 @@ def _read_text_items(path: Path) -> list[tuple[str, str]]:
         if not line.strip():
             continue
         utt_id, sep, text = line.partition("\t")
+        if sep:
+            check_utt_id(utt_id.strip(), f"--text {path}:{lineno}")
         items.append((utt_id.strip(), text.strip()) if sep else (f"line{lineno:06d}", line.strip()))
     if not items:
         raise SlmscaleError(f"--text {path}: no non-empty lines")
@@ -160,7 +162,9 @@ def register(sub, formatter_class) -> None:
                         description="Decode (mono, 16 kHz) as Ray tasks, extract features and assign k-means units in an "
                                     "actor pool (model loaded once per actor; GPU actors with --gpus-per-actor), collapse "
                                     "repeats, and write UNITS_DIR/shard-NNNNN.parquet atomically + rejects.parquet + "
-                                    "meta.json. Rerunning the same command resumes: finished shards are skipped.")
+                                    "meta.json. Rerunning the same command resumes: finished shards are checked against the "
+                                    "checksum recorded with them and skipped (damaged ones are redone). A file whose "
+                                    "audio repeats an earlier one's is rejected as 'duplicate'.")
     p.add_argument("--manifest", required=True, help="manifest Parquet from `tokenize manifest` or `tokenize synth`")
     p.add_argument("--tokenizer", default="mfcc",
                    help="'mfcc' (embedded, shipped codebook) or 'hubert:DIR' (local HubertModel checkpoint)")
@@ -177,7 +181,8 @@ def register(sub, formatter_class) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="chunks per actor call; %(default)s means 8 on CPU, 32 on GPU")
     p.add_argument("--window-rows", type=int, default=100_000,
                    help="manifest rows per Ray Data execution (whole shards): bounds driver memory on huge corpora")
-    p.add_argument("--address", default=None, help="Ray cluster address; %(default)s means $RAY_ADDRESS, else a new local Ray")
+    p.add_argument("--address", default=None, help="Ray cluster address (HOST:PORT, checked before Ray starts); %(default)s means $RAY_ADDRESS, "
+                        "else a new local Ray on 127.0.0.1 only")
     p.set_defaults(handler=_encode)
 
     p = tsub.add_parser("fit-kmeans", parents=[quiet], formatter_class=formatter_class,
@@ -231,7 +236,8 @@ def register(sub, formatter_class) -> None:
                                     "AUDIO_DIR/<utt_id>.wav (16-bit PCM) and AUDIO_DIR/manifest.parquet with transcripts. "
                                     "--stories N uses the embedded children's-story generator (an sTinyStories stand-in).")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="UTF-8 file: one utterance per line, optionally 'utt_id<TAB>text'")
+    src.add_argument("--text", help="UTF-8 file: one utterance per line, optionally 'utt_id<TAB>text' (utt_id: a "
+                                    "relative path inside AUDIO_DIR, e.g. spk1/utt001; '..' and '/abs' are refused)")
     src.add_argument("--stories", type=int, help="generate N embedded children's stories")
     p.add_argument("-o", "--output", required=True, help="AUDIO_DIR for WAVs and manifest.parquet")
     p.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES), help="espeak-ng voices, cycled per utterance")

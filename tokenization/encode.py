@@ -4,9 +4,14 @@ Manifest rows are split into shards of `rows_per_shard` consecutive rows; shard 
 The pipeline (tokenization/pipeline.py) streams every pending row through decoding and a tokenizer actor pool
 (on CPU-only clusters the actors decode their own rows; beside GPU actors, separate CPU tasks decode); the
 driver collects the small unit rows per shard and writes a shard (atomically, rows in manifest order) as soon
-as all of its files are accounted for. A shard file on disk means "done": a rerun after a crash or Ctrl-C skips
-it, so no shard is redone and no row is written twice. Each shard's rejects are written to `.rejects/` before
-the shard itself and merged into `rejects.parquet` at the end, with `meta.json`.
+as all of its files are accounted for. A shard file on disk that matches the record written with it (rows, bytes,
+SHA-256; tokenization/schema.py) means "done": a rerun after a crash or Ctrl-C skips it, so no row is written
+twice, and redoes a shard that was truncated or overwritten since (saying which and why). Each shard's rejects
+are written to `.rejects/` before the shard itself and merged into `rejects.parquet` at the end, with `meta.json`.
+A file whose audio (SHA-256 in the manifest) equals an earlier row's is not encoded again: it is rejected as
+`duplicate`, naming the first, so one recording never lands in a dataset twice (e.g. in train and test).
+Everything that can be checked without Ray (manifest, tokenizer, settings, the cluster address) is checked before
+Ray starts, and Ray is not started at all when every shard is already done.
 `encode.json` pins what the directory is being built from (manifest checksum, tokenizer hash, sharding,
 chunking, dedup); resuming with anything different is refused instead of mixing two datasets.
 The settings are one typed `EncodeConfig` (tokenization/config.py); `encode` builds it from its arguments or
@@ -15,6 +20,8 @@ takes one directly.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +34,15 @@ from slmscale.tokenization.config import EncodeConfig
 from slmscale.tokenization.manifest import read_manifest
 from slmscale.tokenization.schema import (
     REJECTS_SCHEMA,
+    SHARD_RECORDS_DIR,
     UNIT_SHARD_SCHEMA,
     UnitsMeta,
     read_meta,
+    read_shard,
+    read_shard_record,
+    shard_problem,
+    shard_record,
+    shard_record_path,
     write_meta,
     write_shard,
 )
@@ -42,6 +55,11 @@ _REJECTS_PARTS = ".rejects"
 
 def shard_name(i: int) -> str:
     return f"shard-{i:05d}.parquet"
+
+
+def _note(message: str) -> None:
+    """A line for the user about something encode decided (stderr, so that stdout stays the result)."""
+    print(f"encode: {message}", file=sys.stderr, flush=True)
 
 
 def _check_plan(out_dir: Path, plan: dict[str, Any]) -> None:
@@ -84,6 +102,9 @@ def _resources(spec: TokenizerSpec, cfg: EncodeConfig) -> tuple[int, float, floa
         batch = cfg.batch_size or 32
     else:
         actors = cfg.actors or max(1, int(cpus))
+        if actors > max(1, int(cpus)):  # more actors than CPUs would only share them, each with its own model copy
+            _note(f"--actors {actors} capped at {max(1, int(cpus))}, the CPUs of the Ray cluster")
+            actors = max(1, int(cpus))
         cpa = max(0.1, cpus / actors)  # the actors decode too, so they share all the CPUs
         batch = cfg.batch_size or 8
     return actors, cpa, gpa, batch
@@ -148,15 +169,13 @@ class _ShardCollector:
 
 
 def _run_pipeline(manifest: pa.Table, pending: dict[int, list[int]], spec: TokenizerSpec, cfg: EncodeConfig,
-                  collector: _ShardCollector, bar) -> dict[str, Any]:
+                  resources: tuple[int, float, float, int], collector: _ShardCollector, bar) -> dict[str, Any]:
     import ray
 
-    from slmscale.ray_utils import ensure_ray
     from slmscale.tokenization.pipeline import UnitActor, decode_batch
     from slmscale.tokenization.ray_utils import quiet_ray_data
 
-    ensure_ray()
-    actors, cpa, gpa, batch = _resources(spec, cfg)
+    actors, cpa, gpa, batch = resources
     rows = sorted(r for rs in pending.values() for r in rs)
     shard_of = {r: s for s, rs in pending.items() for r in rs}
     table = manifest.take(pa.array(rows, pa.int64())).select(["utt_id", "path", "source", "sha256"])
@@ -222,7 +241,7 @@ def _windows(pending: dict[int, list[int]], window_rows: int) -> list[dict[int, 
 
 def _merge_rejects(out_dir: Path, n_shards: int) -> int:
     parts = [out_dir / _REJECTS_PARTS / shard_name(i) for i in range(n_shards)]
-    tables = [pq.read_table(p) for p in parts if p.is_file()]
+    tables = [read_shard(p) for p in parts if p.is_file()]
     table = pa.concat_tables(tables).cast(REJECTS_SCHEMA) if tables else REJECTS_SCHEMA.empty_table()
     with atomic_path(out_dir / "rejects.parquet", suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
@@ -233,7 +252,7 @@ def _counts(out_dir: Path, n_shards: int, n_files: int, n_rejected: int) -> dict
     utts = units = frames = 0
     seconds = 0.0
     for i in range(n_shards):
-        t = pq.read_table(out_dir / shard_name(i), columns=["n_units", "n_frames", "duration_s"])
+        t = read_shard(out_dir / shard_name(i), columns=["n_units", "n_frames", "duration_s"])
         utts += len(t)
         units += int(pa.compute.sum(t["n_units"]).as_py() or 0)
         frames += int(pa.compute.sum(t["n_frames"]).as_py() or 0)
@@ -242,10 +261,56 @@ def _counts(out_dir: Path, n_shards: int, n_files: int, n_rejected: int) -> dict
             "units": units, "frames": frames, "hours": seconds / 3600.0, "shards": n_shards}
 
 
+def _duplicate_audio(table: pa.Table) -> dict[int, int]:
+    """{row: earlier row with the same audio} by the manifest's SHA-256 (rows without one are not compared)."""
+    first: dict[str, int] = {}
+    duplicates: dict[int, int] = {}
+    for row, sha in enumerate(table.column("sha256").to_pylist()):
+        if sha:
+            duplicates.update({row: first[sha]} if sha in first else {})
+            first.setdefault(sha, row)
+    return duplicates
+
+
+def _duplicate_reject(table: pa.Table, row: int, first: int, shard: int) -> dict[str, Any]:
+    """The result row `_ShardCollector.add` takes for a file whose audio is that of row `first`."""
+    utt_id, path, sha = (table.column(c)[row].as_py() for c in ("utt_id", "path", "sha256"))
+    first_id, first_path = (table.column(c)[first].as_py() for c in ("utt_id", "path"))
+    return {"row": row, "shard": shard, "path": path, "utt_id": utt_id, "reason": "duplicate",
+            "detail": f"same audio (sha256 {sha[:16]}) as utt_id={first_id} ({first_path}), which is kept"}
+
+
+def _unfinished_shards(out_dir: Path, n_shards: int) -> list[int]:
+    """Shards to (re)do: missing ones, and existing ones that no longer match the record written with them.
+
+    The record is the shard's `.shards/` file, else meta.json's copy. A shard with neither (a version-1
+    dataset, or a writer killed between shard and record) counts as done if Parquet reads it whole; its record
+    is written now, so the next check is the checksum. A damaged shard is deleted and named with the reason."""
+    meta_records = read_meta(out_dir).shards if (out_dir / "meta.json").is_file() else {}
+    todo = []
+    for s in range(n_shards):
+        path = out_dir / shard_name(s)
+        if not path.is_file():
+            todo.append(s)
+            continue
+        record = read_shard_record(path) or meta_records.get(path.name)
+        problem = shard_problem(path, record, full=True)
+        if problem:
+            _note(f"redoing {path}: {problem}")
+            path.unlink()
+            shard_record_path(path).unlink(missing_ok=True)
+            todo.append(s)
+        elif read_shard_record(path) is None:
+            atomic_write_json(shard_record_path(path), record or shard_record(path))
+    return todo
+
+
 def encode(
     manifest: str | Path | EncodeConfig,
     tokenizer: str | None = None,
     out_dir: str | Path | None = None,
+    *,
+    address: str | None = None,
     **options: Any,
 ) -> UnitsMeta:
     """Encode every file of `manifest` with `tokenizer` ("mfcc" or "hubert:DIR") into the unit dataset `out_dir`.
@@ -253,19 +318,23 @@ def encode(
     `options` are the other `EncodeConfig` fields (layer, kmeans, actors, gpus_per_actor, dedup, rows_per_shard,
     chunk_s, batch_size, decode_cpus, window_rows, progress; their descriptions and defaults are the schema's),
     or pass one `EncodeConfig` as the only argument: `encode(EncodeConfig(manifest=..., out_dir=..., ...))`.
-    Resumable: finished shards are kept and skipped. Returns the written meta.json. Files that cannot be
-    encoded are listed in rejects.parquet with their reason; files in = encoded + rejected.
+    `address` is the Ray cluster to run on (None: the running one, $RAY_ADDRESS, else a new local Ray); it is
+    checked, like everything else, before Ray starts. Resumable: finished shards are verified and skipped.
+    Returns the written meta.json. Files that cannot be encoded, and files whose audio repeats an earlier
+    file's, are listed in rejects.parquet with their reason; files in = encoded + rejected.
     """
     named = {k: v for k, v in (("tokenizer", tokenizer), ("out_dir", out_dir)) if v is not None}
     if isinstance(manifest, EncodeConfig):
         if named or options:
             raise TypeError(f"encode(EncodeConfig): the config holds every setting; also got "
                             f"{', '.join([*named, *options])}")
-        return _encode(manifest)
-    return _encode(EncodeConfig(manifest=manifest, **named, **options))
+        return _encode(manifest, address)
+    return _encode(EncodeConfig(manifest=manifest, **named, **options), address)
 
 
-def _encode(cfg: EncodeConfig) -> UnitsMeta:
+def _encode(cfg: EncodeConfig, address: str | None = None) -> UnitsMeta:
+    from slmscale.ray_utils import check_address
+
     manifest = cfg.manifest
     table = read_manifest(manifest)
     if len(table) == 0:
@@ -275,6 +344,8 @@ def _encode(cfg: EncodeConfig) -> UnitsMeta:
     info = probe.info()
     vocab_size = probe.vocab_size
     del probe
+    # seconds, where ray.init would wait minutes on a wrong address (ensure_ray checks it again, as every caller)
+    check_address(address) if address else check_address(os.environ.get("RAY_ADDRESS"), flag="$RAY_ADDRESS")
     gpus_per_actor = cfg.gpus_per_actor
     actor_spec = TokenizerSpec(kind=spec.kind, model_dir=spec.model_dir, layer=spec.layer, kmeans=spec.kmeans,
                                device=None if (gpus_per_actor or 0) > 0 or gpus_per_actor is None else "cpu")
@@ -284,12 +355,14 @@ def _encode(cfg: EncodeConfig) -> UnitsMeta:
     _check_plan(out_dir, {"manifest_sha256": manifest_sha, "tokenizer_hash": info["hash"],
                           "rows_per_shard": cfg.rows_per_shard, "chunk_s": cfg.chunk_s, "dedup": cfg.dedup})
 
-    for stale in [*out_dir.glob(".shard-*"), *(out_dir / _REJECTS_PARTS).glob(".shard-*")]:
-        stale.unlink(missing_ok=True)  # temp files of a writer killed mid-write: never a finished shard
+    for folder in (out_dir, out_dir / _REJECTS_PARTS, out_dir / SHARD_RECORDS_DIR):
+        for stale in folder.glob(".shard-*"):
+            stale.unlink(missing_ok=True)  # temp files of a writer killed mid-write: never a finished shard
     n_rows = len(table)
     n_shards = math.ceil(n_rows / cfg.rows_per_shard)
     pending = {s: list(range(s * cfg.rows_per_shard, min(n_rows, (s + 1) * cfg.rows_per_shard)))
-               for s in range(n_shards) if not (out_dir / shard_name(s)).is_file()}
+               for s in _unfinished_shards(out_dir, n_shards)}
+    duplicate_of = _duplicate_audio(table)
     provenance = {"tokenizer": info["id"], "tokenizer_hash": info["hash"], "layer": info["layer"],
                   "vocab_size": vocab_size, "frame_rate_hz": info["frame_rate_hz"], "dedup": cfg.dedup,
                   "manifest_sha256": manifest_sha, "code_version": code_version()}
@@ -297,11 +370,24 @@ def _encode(cfg: EncodeConfig) -> UnitsMeta:
     if pending:
         from tqdm.auto import tqdm
 
+        resources = None
         with tqdm(total=sum(map(len, pending.values())), desc="encoding", unit="file",
                   disable=not cfg.progress) as bar:
             for window in _windows(pending, cfg.window_rows):
                 collector = _ShardCollector(out_dir, window, provenance)
-                run_info = _run_pipeline(table, window, actor_spec, cfg, collector, bar)
+                to_encode = {s: [r for r in rows if r not in duplicate_of] for s, rows in window.items()}
+                for s, rows in window.items():
+                    for r in rows:
+                        if r in duplicate_of:
+                            bar.update(collector.add(_duplicate_reject(table, r, duplicate_of[r], s)))
+                to_encode = {s: rows for s, rows in to_encode.items() if rows}
+                if to_encode:
+                    if resources is None:  # Ray starts only when there is audio to encode
+                        from slmscale.ray_utils import ensure_ray
+
+                        ensure_ray(address)
+                        resources = _resources(actor_spec, cfg)
+                    run_info = _run_pipeline(table, to_encode, actor_spec, cfg, resources, collector, bar)
                 if collector.unfinished:  # every row yields a result or a reject: a bug, not bad input
                     raise RuntimeError(f"encode: shards {collector.unfinished[:5]} did not receive all their rows")
     if not pending and (out_dir / "meta.json").is_file():
@@ -309,6 +395,7 @@ def _encode(cfg: EncodeConfig) -> UnitsMeta:
         # because its hash identifies this dataset in every training run and results row made from it.
         return read_meta(out_dir)
     n_rejected = _merge_rejects(out_dir, n_shards)
+    records = {shard_name(s): read_shard_record(out_dir / shard_name(s)) for s in range(n_shards)}
     meta = UnitsMeta(
         vocab_size=vocab_size,
         tokenizer=info,
@@ -317,6 +404,7 @@ def _encode(cfg: EncodeConfig) -> UnitsMeta:
         code_version=code_version(),
         extra={"manifest": str(manifest.resolve()), "manifest_sha256": manifest_sha, "encode": cfg.run_settings(),
                "resources": run_info},
+        shards={name: record for name, record in records.items() if record is not None},
     )
     write_meta(out_dir, meta)
     return meta

@@ -7,18 +7,21 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from slmscale.errors import SlmscaleError
-from slmscale.tokenization.schema import read_meta, shard_paths
+from slmscale.tokenization.schema import check_shards, read_meta, read_shard
 
 __all__ = ["unit_stats", "format_stats"]
 
 
 def unit_stats(units_dir: str | Path) -> pd.DataFrame:
-    """One row per source plus a `total` row: utterances, hours, units, frames, units_per_s, frames_per_unit."""
+    """One row per source plus a `total` row: utterances, hours, units, frames, units_per_s, frames_per_unit.
+
+    A shard that is missing, or whose size or row count differs from its record, or that Parquet cannot read,
+    is a one-line SlmscaleError naming the file (the numbers would otherwise be silently wrong)."""
     meta = read_meta(units_dir)
-    paths = shard_paths(units_dir)
+    paths = check_shards(units_dir, meta)
     if not paths:
         raise SlmscaleError(f"{units_dir}: no shard-*.parquet files — the unit dataset is empty")
-    parts = [pq.read_table(p, columns=["source", "n_units", "n_frames", "duration_s"]).to_pandas() for p in paths]
+    parts = [read_shard(p, ["source", "n_units", "n_frames", "duration_s"]).to_pandas() for p in paths]
     df = pd.concat(parts, ignore_index=True)
     df["source"] = df["source"].fillna("(none)")
     grouped = df.groupby("source").agg(utterances=("n_units", "size"), units=("n_units", "sum"),
@@ -32,7 +35,11 @@ def unit_stats(units_dir: str | Path) -> pd.DataFrame:
     grouped.attrs["rejected"] = meta.counts.get("rejected", 0)
     rejects = Path(units_dir) / "rejects.parquet"
     if rejects.is_file():
-        reasons = pq.read_table(rejects, columns=["reason"]).column("reason").to_pylist()
+        try:
+            reasons = pq.read_table(rejects, columns=["reason"]).column("reason").to_pylist()
+        except Exception as exc:  # pyarrow.ArrowInvalid from a truncated file
+            raise SlmscaleError(f"{rejects}: not a readable rejects table ({str(exc).strip().splitlines()[0]}); "
+                                f"expected the Parquet file `slmscale tokenize encode` wrote") from None
         grouped.attrs["rejected_by_reason"] = {r: reasons.count(r) for r in sorted(set(reasons))}
     return grouped.drop(columns=["seconds"]).reset_index()[
         ["source", "utterances", "hours", "units", "frames", "units_per_s", "frames_per_unit"]]

@@ -25,7 +25,7 @@ import numpy as np
 
 from slmscale.errors import SlmscaleError
 
-__all__ = ["tts", "synthesize", "SynthItem", "DEFAULT_VOICES", "DEFAULT_RATES", "available_backend"]
+__all__ = ["tts", "synthesize", "SynthItem", "DEFAULT_VOICES", "DEFAULT_RATES", "available_backend", "check_utt_id"]
 
 # A spread of speakers: base voices plus espeak-ng "variants" (+f = female, +m = male timbres).
 DEFAULT_VOICES = ("en", "en+f3", "en-us+m3", "en-us+f2", "en+m5")
@@ -191,6 +191,21 @@ class SynthItem:
     text: str
 
 
+def check_utt_id(utt_id: str, where: str) -> str:
+    """`utt_id` if it names a file inside the output folder, else a SlmscaleError saying so at `where`.
+
+    An utt_id becomes the path `<out_dir>/<utt_id>.wav`: names joined by '/' (sub-folders are fine, e.g. a
+    speaker folder), none of them empty, '.' or '..', no leading '/', no backslash or NUL. So no id can write
+    outside the folder, and two different ids never name the same file ('a/./b' and 'a/b' would)."""
+    parts = utt_id.split("/")
+    if (not utt_id or utt_id.startswith("/") or "\\" in utt_id or "\0" in utt_id
+            or any(part in ("", ".", "..") for part in parts)):
+        raise SlmscaleError(f"{where}: utt_id {utt_id!r} would not name a file inside the output folder; expected "
+                            f"names joined by '/' without '..', '.', empty parts, a leading '/' or a backslash "
+                            f"(e.g. 'utt001' or 'spk1/utt001')")
+    return utt_id
+
+
 def _as_items(items: Iterable[str | tuple[str, str] | SynthItem | dict]) -> list[SynthItem]:
     out = []
     for i, item in enumerate(items):
@@ -206,6 +221,7 @@ def _as_items(items: Iterable[str | tuple[str, str] | SynthItem | dict]) -> list
             out.append(SynthItem(str(item[0]), str(item[1])))
         else:
             raise SlmscaleError(f"synth item {i}: expected a string, (utt_id, text) or {{'utt_id', 'text'}}, got {item!r}")
+        check_utt_id(out[-1].utt_id, f"synth item {i}")
     ids = [it.utt_id for it in out]
     if len(set(ids)) != len(ids):
         dup = sorted({x for x in ids if ids.count(x) > 1})[:5]
@@ -223,6 +239,9 @@ def synthesize(
     progress: bool = True,
 ) -> Path:
     """Synthesise every item to `out_dir/<utt_id>.wav` and write `out_dir/manifest.parquet`.
+
+    An utt_id that would not name a file inside `out_dir` ('../x', '/abs', 'a/../b') is refused before anything is
+    written (`check_utt_id`).
 
     Item i is spoken with voice `voices[i % len(voices)]` and rate `rates[(i // len(voices)) % len(rates)]`, so
     every (voice, rate) pair is used once before any repeats. WAVs are 16-bit PCM at `sample_rate` (resampled

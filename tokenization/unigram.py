@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from slmscale.errors import SlmscaleError
 from slmscale.io import atomic_path, atomic_write_json, code_version, read_json
@@ -25,7 +24,10 @@ from slmscale.tokenization.schema import (
     UnitsMeta,
     meta_hash,
     read_meta,
+    read_shard,
+    read_shard_record,
     shard_paths,
+    shard_problem,
     write_meta,
     write_shard,
 )
@@ -68,7 +70,7 @@ def train_unigram(units_dir: str | Path, vocab_size: int, out: str | Path, *, ma
             # Every unit id once, so that each is a piece even if the corpus sample lacks it.
             f.write(units_to_text(range(meta.vocab_size)) + "\n")
             for path in shard_paths(units_dir):
-                for units in pq.read_table(path, columns=["units"]).column("units").to_pylist():
+                for units in read_shard(path, columns=["units"]).column("units").to_pylist():
                     if n >= max_sentences:
                         break
                     # SentencePiece caps sentence length; long utterances are cut into pieces for training only.
@@ -124,8 +126,8 @@ def apply_unigram(units_dir: str | Path, model: str | Path, out_dir: str | Path)
     seconds = 0.0
     for path in shard_paths(units_dir):
         target = out_dir / path.name
-        if not target.is_file():
-            table = pq.read_table(path)
+        if not target.is_file() or shard_problem(target, read_shard_record(target)):  # missing or damaged
+            table = read_shard(path)
             new_units, new_durs = [], []
             for units, durs in zip(table.column("units").to_pylist(), table.column("durations").to_pylist()):
                 ids = sp.encode(units_to_text(units), out_type=int)
@@ -142,7 +144,7 @@ def apply_unigram(units_dir: str | Path, model: str | Path, out_dir: str | Path)
             out = out.set_column(out.schema.get_field_index("n_units"), "n_units",
                                  pa.array([len(u) for u in new_units], pa.int32()))
             write_shard(target, out.cast(UNIT_SHARD_SCHEMA).replace_schema_metadata(provenance))
-        t = pq.read_table(target, columns=["n_units", "n_frames", "duration_s"])
+        t = read_shard(target, columns=["n_units", "n_frames", "duration_s"])
         utts += len(t)
         pieces += int(pa.compute.sum(t["n_units"]).as_py() or 0)
         frames += int(pa.compute.sum(t["n_frames"]).as_py() or 0)
@@ -159,6 +161,7 @@ def apply_unigram(units_dir: str | Path, model: str | Path, out_dir: str | Path)
         code_version=code_version(),
         extra={"parent": {"units_dir": str(Path(units_dir).resolve()), "units_meta_hash": meta_hash(units_dir),
                           "tokenizer": parent.tokenizer, "code_version": parent.code_version}},
+        shards={p.name: record for p in shard_paths(out_dir) if (record := read_shard_record(p)) is not None},
     )
     parent_rejects = Path(units_dir) / "rejects.parquet"
     if parent_rejects.is_file():

@@ -5,7 +5,9 @@
     encode the embedded sBLIMP / StoryCloze benchmarks            -> OUT/cache/
     sweep an N x D grid of tiny models on local Ray Tune          -> OUT/sweep/ (+ downstream evals per trial)
     results table                                                 -> OUT/results.parquet
-    fit L(N, D), N_opt / D_opt, downstream laws, report           -> OUT/report/report.html (+ .md, PNGs)
+    listen: a lo-fi unit vocoder from the corpus, one held-out   -> OUT/vocoder/, OUT/listen/
+      prompt continued by the smallest and the largest model
+    fit L(N, D), N_opt / D_opt, downstream laws, report           -> OUT/report/report.html (+ .md, PNGs, samples/)
 
 Every stage reuses what an earlier run finished (synthesis keeps existing WAVs, encoding keeps finished
 shards, the sweep resumes through `Tuner.restore` and never reruns a finished trial), so rerunning after an
@@ -58,7 +60,11 @@ SCALES: dict[str, DemoScale] = {
                         tokens=(16_384, 49_152, 131_072, 393_216), bootstrap=200),
 }
 
-STAGES = ("synthesise", "tokenize", "benchmarks", "sweep", "results", "analysis")
+STAGES = ("synthesise", "tokenize", "benchmarks", "sweep", "results", "listen", "analysis")
+
+# The Listen stage: the vocoder is fitted on at most this many training-split stories and measured on held-out
+# (test-split) ones; the prompt is the start of the first held-out story.
+LISTEN_VOCODER_FILES, LISTEN_HELD_OUT_FILES, LISTEN_PROMPT_S, LISTEN_UNITS, LISTEN_SAMPLES = 60, 4, 2.0, 120, 2
 
 
 def _stage(i: int, name: str, detail: str) -> float:
@@ -121,8 +127,103 @@ def _training_curves(sweep_dir: Path, df) -> tuple[dict, dict]:
     return curves, sizes
 
 
+def _listen_models(df, sweep_dir: Path) -> list[tuple[str, Path]]:
+    """(label, run dir) of the smallest and the largest model, each at the largest token budget."""
+    from slmscale.sweep.storage import read_sweep
+
+    storage, _ = read_sweep(sweep_dir)
+    top = df[df["tokens"] == df["tokens"].max()].sort_values("n_params")
+    picks = [top.iloc[0]] + ([top.iloc[-1]] if len(top) > 1 else [])
+    return [(f"{row['model']} ({int(row['n_params']):,} parameters, {int(row['tokens']):,} tokens)",
+             storage.run_dir(row["run_id"]).path) for row in picks]
+
+
+def listen(out: Path, manifest: Path, results: Path, sweep_dir: Path) -> dict[str, Any]:
+    """The Listen stage: an exemplar vocoder of the demo's own speech (training-split stories; its resynthesis
+    unit edit rate measured on held-out test-split stories), and one held-out prompt continued by the smallest and
+    the largest model. Returns what the report's Listen section shows."""
+    import numpy as np
+    import soundfile as sf
+    from transformers.utils import logging as hf_logging
+
+    from slmscale.analysis.schema import read_results
+    from slmscale.models.data import split_of
+    from slmscale.models.generation import generate
+    from slmscale.models.generation.exemplar import build_exemplar_vocoder, load_exemplar_vocoder
+    from slmscale.models.generation.pipeline import write_wav
+    from slmscale.tokenization.audio import decode_chunks
+    from slmscale.tokenization.manifest import read_manifest
+    from slmscale.tokenization.tokenizer import load_tokenizer
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model would break the stage's one-line output
+    rows = read_manifest(manifest).select(["utt_id", "path"]).to_pylist()
+    # the demo grid's held-out fractions (demo_grid: val 0.1, test 0.1): the vocoder never sees test stories
+    split = {r["path"]: split_of(r["utt_id"], 0.1, 0.1) for r in rows}
+    train = [p for p, s in split.items() if s == "train"][:LISTEN_VOCODER_FILES]
+    # held out: test-split stories (a tiny corpus may have none: then validation stories, also never trained on)
+    test = ([p for p, s in split.items() if s == "test"] or [p for p, s in split.items() if s == "val"])
+    test = test[:LISTEN_HELD_OUT_FILES]
+    if not test or not train:
+        raise SlmscaleError(f"{manifest}: {len(train)} training and {len(test)} held-out stories; the Listen stage "
+                            "expected at least one of each (use more --stories)")
+
+    def load(path: str) -> np.ndarray:
+        return np.concatenate([c.wav for c in decode_chunks(path, chunk_s=3600.0)])
+
+    tokenizer = load_tokenizer("mfcc")
+    vocoder_dir = out / "vocoder"
+    if (vocoder_dir / "vocoder.json").is_file():
+        vocoder = load_exemplar_vocoder(vocoder_dir)
+    else:
+        vocoder = build_exemplar_vocoder(tokenizer, [load(p) for p in train],
+                                         held_out=[load(p) for p in test],
+                                         sources={"demo_stories": len(train), "held_out_stories": len(test),
+                                                  "manifest": str(manifest)})
+        vocoder.save(vocoder_dir)
+    prompt = out / "listen" / "prompt.wav"
+    prompt_audio = load(test[0])[: int(LISTEN_PROMPT_S * 16000)]
+    write_wav(prompt, prompt_audio, 16000)
+    frames = tokenizer.frame_units([prompt_audio])[0]
+    resynthesis = write_wav(out / "listen" / "prompt-resynthesis.wav",
+                            vocoder.synthesize(frames, np.ones(len(frames), np.int64)), vocoder.sample_rate)
+    samples = []
+    for label, run_dir in _listen_models(read_results(results), sweep_dir):
+        result = generate(run_dir, out / "listen" / run_dir.name, prompt=prompt, vocoder=vocoder_dir,
+                          max_units=LISTEN_UNITS, num_samples=LISTEN_SAMPLES, seed=0)
+        samples.append({"label": label, "run_id": run_dir.name, "dir": out / "listen" / run_dir.name,
+                        "wavs": [s["wav"] for s in result["samples"]],
+                        "starts_s": result["samples"][0]["continuation_starts_s"]})
+    return {"prompt": prompt, "prompt_source": test[0], "prompt_s": len(prompt_audio) / 16000,
+            "resynthesis": resynthesis, "samples": samples,
+            "edit_rate": vocoder.info.get("unit_edit_rate"), "vocoder": vocoder_dir,
+            "sample_rate": sf.info(str(prompt)).samplerate}
+
+
+def listen_section(report, listen: dict[str, Any]) -> None:
+    """The report's Listen section: the prompt, its resynthesis, and each model's continuations as players."""
+    rate = listen.get("edit_rate") or {}
+    sec = report.section("Listen")
+    sec.text(f"The first {listen['prompt_s']:.1f} s of a held-out story (`{Path(listen['prompt_source']).name}`, never trained on) "
+             f"continued by the smallest and the largest model ({LISTEN_UNITS} deduplicated units each, temperature 1, "
+             "seed 0); each model sees as much of the prompt's end as its context leaves room for. The audio is rendered by a **lo-fi** vocoder: each unit's mean log-magnitude spectrum over the "
+             "demo's own training stories, with Griffin-Lim phase — whispery and robotic by construction; what it can "
+             "tell is whether a model continues with speech-like unit sequences, not how the models would sound with "
+             "a trained unit HiFi-GAN (`slmscale generate --vocoder DIR`).")
+    if rate.get("raw") is not None:
+        sec.text(f"Vocoder quality, measured as in textless NLP: held-out stories resynthesised from their units and "
+                 f"re-tokenized give a **unit edit rate of {rate['raw']:.1%}** on frame units (raw) and "
+                 f"**{rate['dedup']:.1%}** on deduplicated units ({rate['utterances']} stories, {rate['frames']:,} "
+                 "frames; Levenshtein distance / reference length; 0 = every unit recovered).")
+    sec.audio(listen["prompt"], "Prompt (original audio)")
+    sec.audio(listen["resynthesis"], "Prompt resynthesised from its frame units by the lo-fi vocoder")
+    for model in listen["samples"]:
+        for i, wav in enumerate(model["wavs"]):
+            sec.audio(Path(model["dir"]) / wav, f"{model['label']}, sample {i + 1}: prompt, then the model's "
+                                                f"continuation from {model['starts_s']:.2f} s")
+
+
 def build_demo_report(results: Path, out_dir: Path, *, units_dir: Path, sweep_dir: Path, bootstrap: int,
-                      budgets=(1e12, 1e14, 1e16, 1e18)) -> dict[str, Any]:
+                      budgets=(1e12, 1e14, 1e16, 1e18), listen: dict[str, Any] | None = None) -> dict[str, Any]:
     """The demo's report: data statistics and training curves, then everything `slmscale report` writes
     (trial table, fit with CIs, isoFLOPs, N_opt/D_opt vs compute next to the paper's presets, downstream
     laws, provenance)."""
@@ -157,6 +258,8 @@ def build_demo_report(results: Path, out_dir: Path, *, units_dir: Path, sweep_di
                  "The scaling-law fit below uses each run's final held-out test loss.")
         sec.image(plot_training_curves(curves, sizes, out_dir / "training_curves.png"),
                   "Validation loss vs tokens seen, one line per trial, coloured by model size.")
+    if listen:
+        listen_section(report, listen)
     summary = build_report(df, out_dir, results_path=results, n_boot=bootstrap, budgets=list(budgets), report=report)
     fit = summary["fit"]
     print(f"      fit: E={fit['E']:.3f} A={fit['A']:.3g} B={fit['B']:.3g} alpha={fit['alpha']:.3f} "
@@ -211,10 +314,11 @@ def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small",
 
     evals: list[dict[str, str]] = []
     if scale.eval:
-        t = _stage(3, "benchmarks", "embedded sBLIMP-style minimal pairs and spoken StoryCloze, same tokenizer")
+        t = _stage(3, "benchmarks", "embedded sBLIMP-style pairs, sWUGGY word/non-word pairs and spoken StoryCloze, "
+                                         "same tokenizer")
         from slmscale.models.evaluation.evaluator import prepare_benchmark
 
-        for bench in ("embedded:sblimp", "embedded:storycloze"):
+        for bench in ("embedded:sblimp", "embedded:swuggy", "embedded:storycloze"):
             units = prepare_benchmark(bench, out / "units", cache_dir=cache, progress=progress)
             evals.append({"benchmark": bench, "units": str(units)})
         _done(t, f"encoded into {cache}")
@@ -237,9 +341,16 @@ def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small",
     results = write_sweep_results(out / "sweep", out / "results.parquet", allow_partial=False)
     _done(t, str(results))
 
-    t = _stage(6, "analysis", "fit L(N,D), compute-optimal N/D, downstream laws, report")
+    t = _stage(6, "listen", "lo-fi vocoder from the corpus; a held-out prompt continued by the smallest and "
+                            "largest model")
+    heard = listen(out, manifest, results, out / "sweep")
+    rate = heard["edit_rate"] or {}
+    _done(t, f"{sum(len(m['wavs']) for m in heard['samples'])} samples in {out / 'listen'}; vocoder resynthesis unit "
+             f"edit rate {rate.get('raw', float('nan')):.1%} raw, {rate.get('dedup', float('nan')):.1%} dedup")
+
+    t = _stage(7, "analysis", "fit L(N,D), compute-optimal N/D, downstream laws, report")
     report = build_demo_report(results, out / "report", units_dir=out / "units", sweep_dir=out / "sweep",
-                               bootstrap=scale.bootstrap)
+                               bootstrap=scale.bootstrap, listen=heard)
     _done(t, f"report {report['html']}")
 
     result = {
@@ -252,12 +363,15 @@ def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small",
         "report_html": str(report["html"]),
         "report_md": str(report["md"]),
         "fit": report.get("fit"),
+        "vocoder_unit_edit_rate": heard["edit_rate"],
+        "listen": str(out / "listen"),
         "seconds": round(time.perf_counter() - t_all, 1),
     }
     atomic_write_json(out / "summary.json", result)
     print(f"\nslmscale demo finished in {result['seconds']:.0f} s. Where everything is:\n"
           f"  audio + manifest   {manifest}\n  unit dataset       {out / 'units'}\n"
           f"  sweep (trials)     {out / 'sweep'}\n  results table      {results}\n"
+          f"  generated speech   {out / 'listen'}  (lo-fi vocoder: {out / 'vocoder'})\n"
           f"  report             {report['html']}  (Markdown: {report['md']})", flush=True)
     return result
 
@@ -265,7 +379,8 @@ def run_demo(out_dir: str | Path = "demo_out", scale: str | DemoScale = "small",
 DEMO_HELP = """\
 Run the whole study end to end on an embedded default with no download: synthesise spoken stories,
 tokenize them with Ray Data, sweep an N x D grid of tiny models on local Ray Tune, score them on the
-embedded benchmarks, fit the scaling laws and write a report (OUT/report/report.html).
+embedded benchmarks, continue a held-out spoken prompt with the smallest and largest model (lo-fi vocoder),
+fit the scaling laws and write a report (OUT/report/report.html).
 Rerunning reuses every finished stage; an interrupted sweep resumes without redoing finished trials.
 Scales: smallest (a smoke test, ~1 min), small (default, ~2 min on 2 CPUs), medium (larger; tens of minutes)."""
 

@@ -19,8 +19,8 @@ import pytest
 
 from tests.conftest import REPO
 
-SECTIONS = ("Data", "Training curves", "Trials", "Parametric fit", "Compute-optimal allocation", "Downstream laws",
-            "Provenance")
+SECTIONS = ("Data", "Training curves", "Trials", "Parametric fit", "Can this law be trusted?",
+            "Compute-optimal allocation", "Downstream laws", "Listen", "Provenance")
 
 
 def _demo_cmd(out: Path) -> list[str]:
@@ -73,7 +73,7 @@ def test_demo_killed_mid_sweep_reruns_to_a_complete_report(tmp_path):
     for row in results.itertuples():
         own = json.loads((out / "sweep" / "runs" / row.run_id / "row.json").read_text())
         assert row.loss == pytest.approx(own["loss"])
-        assert 0.0 <= row.sblimp_macro <= 1.0 and 0.0 <= row.tsc <= 1.0
+        assert 0.0 <= row.sblimp_macro <= 1.0 and 0.0 <= row.tsc <= 1.0 and 0.0 <= row.swuggy <= 1.0
 
     # The report has every section, and its fit is finite and is the fit of this results table.
     html = Path(summary["report_html"]).read_text()

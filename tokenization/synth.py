@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,31 +100,49 @@ class _Espeak:
         therefore spoken in a forked child of this (never-speaking) process: same input, same samples."""
         if not hasattr(os, "fork"):
             return self._synth_here(text, voice, rate, seed).astype(np.float32) / 32768.0
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: speak, send "ok"+samples or "er"+message, exit without Python cleanup
-            code = 0
+        payload = _in_child(lambda: self._synth_here(text, voice, rate, seed).astype("<i2").tobytes())
+        return np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def _in_child(work: Callable[[], bytes]) -> bytes:
+    """`work()` run in a forked child, its bytes sent back through a pipe; an exception in it is raised here as a
+    SlmscaleError with its message. The child exits without Python cleanup (os._exit)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: send "ok"+payload or "er"+message
+        code = 0
+        try:
+            os.close(read_fd)
             try:
-                os.close(read_fd)
-                try:
-                    payload = b"ok" + self._synth_here(text, voice, rate, seed).astype("<i2").tobytes()
-                except Exception as exc:  # reported to the parent, which raises it
-                    payload = b"er" + str(exc).encode()
-                with os.fdopen(write_fd, "wb") as pipe:
-                    pipe.write(payload)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as pipe:
-            payload = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        if payload[:2] == b"er":
-            raise SlmscaleError(payload[2:].decode(errors="replace"))
-        if payload[:2] != b"ok" or status != 0:
-            raise OSError(f"espeak-ng synthesis child failed (status {status})")
-        return np.frombuffer(payload[2:], dtype="<i2").astype(np.float32) / 32768.0
+                payload = b"ok" + work()
+            except Exception as exc:  # reported to the parent, which raises it
+                payload = b"er" + str(exc).encode()
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(payload)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        payload = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if payload[:2] == b"er":
+        raise SlmscaleError(payload[2:].decode(errors="replace"))
+    if payload[:2] != b"ok" or status != 0:
+        raise OSError(f"espeak-ng synthesis child failed (status {status})")
+    return payload[2:]
+
+
+def in_espeak_child(work: Callable[[_Espeak], bytes]) -> bytes | None:
+    """Run `work(engine)` with libespeak-ng in a forked child, under the module lock (the library keeps global
+    state, so this process never speaks and every call starts from the same state), as `tts` does; for callers
+    that need more of the engine than `tts` (e.g. phoneme input). None when the library is unavailable."""
+    with _LOCK:
+        engine = _engine()
+        if engine is None or not hasattr(os, "fork"):
+            return None
+        return _in_child(lambda: work(engine))
 
 
 _LOCK = threading.Lock()

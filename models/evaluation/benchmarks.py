@@ -133,6 +133,21 @@ def _parse_correct(value: str, where: str) -> bool:
     raise SlmscaleError(f"{where}: column 'correct' has unknown label {value!r}, expected 1 or 0")
 
 
+def _named_rows(gold: Path, rows: list[dict[str, str]]):
+    """(where, filename, row) for each row of a ZeroSpeech gold.csv, refusing an empty filename or id and a
+    filename given twice; `where` names the file and line for later errors."""
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        where = f"{gold} line {line}"
+        name = row["filename"]
+        if not name or not row["id"]:
+            raise SlmscaleError(f"{where}: empty 'filename' or 'id'")
+        if name in seen:
+            raise SlmscaleError(f"{where}: duplicate filename {name!r}")
+        seen.add(name)
+        yield where, name, row
+
+
 def read_sblimp(path: str | Path) -> Benchmark:
     """Read a ZeroSpeech 2021 syntactic split (the folder holding gold.csv and the WAVs, or a dataset root
     holding `syntactic/dev/`)."""
@@ -145,21 +160,13 @@ def read_sblimp(path: str | Path) -> Benchmark:
         )
     root = gold.parent
     rows = _read_gold(gold, SBLIMP_COLUMNS, "sBLIMP")
-    candidates, seen = [], set()
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
-        where = f"{gold} line {line}"
-        name = row["filename"]
-        if not name or not row["id"]:
-            raise SlmscaleError(f"{where}: empty 'filename' or 'id'")
-        if name in seen:
-            raise SlmscaleError(f"{where}: duplicate filename {name!r}")
-        seen.add(name)
-        candidates.append(
-            Candidate(
-                utt_id=name, path=root / f"{name}.wav", question=row["id"], correct=_parse_correct(row["correct"], where),
-                voice=row["voice"], phenomenon=row["type"], subtype=row["subtype"], text=row.get("transcription", ""),
-            )
+    candidates = [
+        Candidate(
+            utt_id=name, path=root / f"{name}.wav", question=row["id"], correct=_parse_correct(row["correct"], where),
+            voice=row["voice"], phenomenon=row["type"], subtype=row["subtype"], text=row.get("transcription", ""),
         )
+        for where, name, row in _named_rows(gold, rows)
+    ]
     _check_pairs_and_wavs(gold, root, candidates, ("correct", "incorrect"))
     return Benchmark("sblimp", _benchmark_name(root), root, tuple(candidates))
 
@@ -176,21 +183,13 @@ def read_swuggy(path: str | Path) -> Benchmark:
         )
     root = gold.parent
     rows = _read_gold(gold, SWUGGY_COLUMNS, "sWUGGY")
-    candidates, seen = [], set()
-    for line, row in enumerate(rows, start=2):
-        where = f"{gold} line {line}"
-        name = row["filename"]
-        if not name or not row["id"]:
-            raise SlmscaleError(f"{where}: empty 'filename' or 'id'")
-        if name in seen:
-            raise SlmscaleError(f"{where}: duplicate filename {name!r}")
-        seen.add(name)
-        candidates.append(
-            Candidate(
-                utt_id=name, path=root / f"{name}.wav", question=row["id"], correct=_parse_correct(row["correct"], where),
-                voice=row["voice"], text=row.get("word") or row.get("phones", ""),
-            )
+    candidates = [
+        Candidate(
+            utt_id=name, path=root / f"{name}.wav", question=row["id"], correct=_parse_correct(row["correct"], where),
+            voice=row["voice"], text=row.get("word") or row.get("phones", ""),
         )
+        for where, name, row in _named_rows(gold, rows)
+    ]
     _check_pairs_and_wavs(gold, root, candidates, ("word", "non-word"))
     return Benchmark("swuggy", _benchmark_name(root), root, tuple(candidates))
 

@@ -126,40 +126,13 @@ def swuggy_words(n: int = 40, seed: int = 0) -> list[tuple[str, int]]:
 
 
 def _in_espeak_child(work) -> bytes | None:
-    """Run `work(engine)` (returning bytes) in a forked child of tokenization.synth's libespeak-ng process, under
-    its lock: libespeak-ng keeps global state (voice, wave-generator statics), so this process never speaks and
-    every call starts from the same state. None when the library is unavailable (binary fallback)."""
+    """`tokenization.synth.in_espeak_child`, with the library's errors named as espeak-ng's."""
     from slmscale.tokenization import synth
 
-    with synth._LOCK:
-        engine = synth._engine()
-        if engine is None or not hasattr(os, "fork"):
-            return None
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: "ok"+payload or "er"+message, exit without Python cleanup
-            code = 0
-            try:
-                os.close(read_fd)
-                try:
-                    payload = b"ok" + work(engine)
-                except Exception as exc:
-                    payload = b"er" + str(exc).encode()
-                with os.fdopen(write_fd, "wb") as pipe:
-                    pipe.write(payload)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as pipe:
-            payload = pipe.read()
-        _, status = os.waitpid(pid, 0)
-    if payload[:2] == b"er":
-        raise SlmscaleError(f"espeak-ng: {payload[2:].decode(errors='replace')}")
-    if payload[:2] != b"ok" or status != 0:
-        raise OSError(f"espeak-ng child failed (status {status})")
-    return payload[2:]
+    try:
+        return synth.in_espeak_child(work)
+    except SlmscaleError as exc:
+        raise SlmscaleError(f"espeak-ng: {exc}") from None
 
 
 def phonemize(words: list[str], voice: str = "en") -> list[list[str]]:

@@ -6,10 +6,19 @@ this process, and (b) as a sweep (Ray Tune, one trial at a time on local Ray), m
 Overhead per trial = (Tune experiment wall time - direct wall time) / trials. The goal is at most 10% of a
 60 s trial (6 s); the printout gives the overhead both per trial and as a fraction of a 60 s trial.
 Ray start-up (`ray.init`) is paid once per sweep and reported separately.
+
+    .venv/bin/python benchmarks/bench_sweep.py --cadence [--model tiny-1M]
+
+What a trial costs beyond its updates: runs of 40, 400 and 2000 updates trained with the previous default
+cadences (validation every 2 % of the run, a checkpoint every 10 %) and with today's defaults, on a unit dataset
+whose validation split fills the default 262k validation tokens; prints the wall time split into updates,
+validation, checkpoints and the run's end (test loss, final model). Goal: validation + checkpoints <= 5 % of
+the wall time with the defaults; "16k-val" is the defaults with a 16k-token validation set (sweep/grids/tiny.yaml's).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -26,7 +35,12 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=4, help="number of trials (distinct seeds)")
     ap.add_argument("--tokens", type=int, default=65536, help="training tokens per trial")
     ap.add_argument("--model", default="tiny-100K", help="ladder size")
+    ap.add_argument("--cadence", action="store_true", help="measure evaluation/checkpoint overhead instead")
+    ap.add_argument("--cadences", default="previous,default,16k-val", help="--cadence: which cadences to run")
+    ap.add_argument("--updates", default="40,400,2000", help="--cadence: run lengths in updates")
     args = ap.parse_args()
+    if args.cadence:
+        return cadence(args.model, args.cadences.split(","), [int(u) for u in args.updates.split(",")])
 
     import ray
 
@@ -77,6 +91,39 @@ def main() -> int:
         print(f"  Tune overhead per trial          {per_trial:8.2f} s   = {per_trial / mean_trial:.1%} of these trials, "
               f"{per_trial / 60:.1%} of a 60 s trial (goal <= 10%)")
         print(f"  same losses: {all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(tune_loss, direct_loss))}")
+    return 0
+
+
+def cadence(model: str, cadences: list[str], lengths: list[int]) -> int:
+    from slmscale.models.config import make_plan
+    from slmscale.models.synthetic_units import write_pattern_units
+    from slmscale.models.train import TrainConfig, train
+
+    print(f"bench_sweep --cadence: {model}, context 64, 512 tokens per update, 1 thread; seconds of one run")
+    print(f"{'updates':>7} {'cadence':>8} {'evals':>5} {'ckpts':>5} {'wall':>7} {'updates':>7} {'valid.':>7} "
+          f"{'ckpts':>7} {'end':>6} {'val+ckpt':>8}")
+    with tempfile.TemporaryDirectory(prefix="bench-cadence-") as tmp:
+        tmp = Path(tmp)
+        # 30 % of ~2.4M tokens held out for validation: the default 262k validation tokens are all used.
+        units = write_pattern_units(tmp / "units", n_units=50, n_utterances=48000, seed=0)
+        for updates in lengths:
+            for name in cadences:
+                base = dict(units_dir=str(units), model=model, tokens=512 * updates, context=64, tokens_per_update=512,
+                            val_fraction=0.3, test_fraction=0.02, test_tokens=65536, threads=1, progress=False,
+                            out_dir=str(tmp / f"{name}-{updates}"), data_cache=str(tmp / "cache"))
+                if name == "previous":
+                    base.update(eval_every=max(1, updates // 50), checkpoint_every=max(1, updates // 10))
+                if name == "16k-val":  # the default cadences with a validation set sized like sweep/grids/tiny.yaml's
+                    base.update(eval_tokens=16384)
+                cfg = TrainConfig(**base)
+                plan = make_plan(cfg, 50)
+                train(cfg)
+                sec = json.loads((tmp / f"{name}-{updates}" / "final.json").read_text())["seconds"]
+                evals = len({*range(plan.eval_every, updates + 1, plan.eval_every), updates})
+                ckpts = len({*range(plan.checkpoint_every, updates + 1, plan.checkpoint_every), updates})
+                print(f"{updates:>7} {name:>8} {evals:>5} {ckpts:>5} {sec['wall']:>7.2f} {sec['updates']:>7.2f} "
+                      f"{sec['validation']:>7.2f} {sec['checkpoints']:>7.2f} {sec['final']:>6.2f} "
+                      f"{(sec['validation'] + sec['checkpoints']) / sec['wall']:>8.1%}", flush=True)
     return 0
 
 

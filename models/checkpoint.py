@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "newest_intact_checkpoint",
+    "branch_point",
     "checkpoint_problem",
     "save_model",
     "write_checkpoint",
@@ -73,9 +75,13 @@ def clean_stale_tmp(run_dir: str | Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
-    for p in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(p, ignore_errors=True)
+def prune_checkpoints(run_dir: str | Path, keep: int, protected: Collection[int] = ()) -> None:
+    """Remove all but the `keep` newest checkpoints, except those of the `protected` steps (a WSD trunk's branch
+    points, which its branches load whenever they start)."""
+    rd = RunDir(run_dir)
+    steps = [s for s in complete_steps(run_dir) if s not in protected]
+    for step in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(rd.checkpoint(step), ignore_errors=True)
 
 
 def _rng_state_json() -> dict[str, Any]:
@@ -155,9 +161,9 @@ def checkpoint_problem(ckpt: Path, expected: dict[str, Any]) -> str | None:
     intact. A checkpoint of another model (size, vocab, context) is not a broken one: that raises SlmscaleError."""
     try:
         state = check_identity(ckpt, expected)
+    except ForeignCheckpoint:
+        raise
     except SlmscaleError as exc:
-        if "belongs to another model" in str(exc):
-            raise
         return f"{TRAINER_STATE} unreadable ({exc})"
     recorded = state.get("files")
     if isinstance(recorded, dict):  # checksums recorded at write time: the cheap, complete check
@@ -206,13 +212,31 @@ def newest_intact_checkpoint(run_dir: str | Path, expected: dict[str, Any]) -> P
     return None
 
 
+def branch_point(trunk_dir: str | Path, step: int, expected: dict[str, Any]) -> Path:
+    """The trunk's intact checkpoint of `step`, where a WSD branch starts. Raises SlmscaleError when it is not
+    (yet) written or is broken; a broken one is left in place for the trunk's own resume to deal with."""
+    ckpt = RunDir(trunk_dir).checkpoint(step)
+    if step not in complete_steps(trunk_dir):
+        raise SlmscaleError(f"{trunk_dir}: the trunk has no checkpoint of step {step} (yet); expected the trunk to "
+                            f"have trained past its branch point {step} with keep_steps including it")
+    problem = checkpoint_problem(ckpt, expected)
+    if problem is not None:
+        raise SlmscaleError(f"{ckpt}: the trunk's branch-point checkpoint is broken ({problem}); expected an intact "
+                            f"checkpoint (retrain the trunk past step {step})")
+    return ckpt
+
+
+class ForeignCheckpoint(SlmscaleError):
+    """A checkpoint made for another model (size, vocab, context): a mistake to refuse, not damage to skip."""
+
+
 def check_identity(ckpt: Path, expected: dict[str, Any]) -> dict[str, Any]:
     """Read a checkpoint's trainer_state and refuse one made for another model (size, vocab, context)."""
     state = read_json(ckpt / TRAINER_STATE, what="checkpoint state")
     wrong = {k: (state.get(k), expected[k]) for k in IDENTITY_KEYS if k in expected and state.get(k) != expected[k]}
     if wrong:
         detail = ", ".join(f"{k}={have!r} (this run: {want!r})" for k, (have, want) in wrong.items())
-        raise SlmscaleError(f"{ckpt}: checkpoint belongs to another model: {detail}; expected a checkpoint of this run")
+        raise ForeignCheckpoint(f"{ckpt}: checkpoint belongs to another model: {detail}; expected a checkpoint of this run")
     return state
 
 

@@ -37,6 +37,17 @@ def _int_tokens(text: str) -> int:
     return int(value)
 
 
+def _steps(text: str) -> tuple[int, ...]:
+    """Update numbers as a comma-separated list: 80,160,400."""
+    try:
+        steps = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected update numbers like 80,160,400, got {text!r}") from None
+    if any(step <= 0 for step in steps):
+        raise argparse.ArgumentTypeError(f"expected positive update numbers, got {text!r}")
+    return steps
+
+
 # TrainConfig fields whose flag is not the generated `--field-name`: renames, aliases, metavars, custom parsers.
 # Everything else (type, choices, default, help) comes from the field itself (models/config.py).
 _FLAGS: dict[str, dict[str, Any]] = {
@@ -51,6 +62,8 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "test_tokens": {"type": _int_tokens},
     "data_cache": {"metavar": "DIR"},
     "attn_implementation": {"flags": ("--attn",)},
+    "branch_from": {"metavar": "TRUNK_DIR"},
+    "keep_steps": {"metavar": "S,S,...", "type": _steps},
 }
 GIVEN = "given_fields"  # namespace attribute: the TrainConfig fields set on the command line
 

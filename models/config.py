@@ -26,18 +26,26 @@ from slmscale.models.ladder import LADDER, count_params, flops_per_token, get_si
 from slmscale.models.rundir import RunDir
 from slmscale.typed import TypedConfig
 
-__all__ = ["TrainConfig", "RunPlan", "make_plan", "RESUME_MAY_CHANGE", "field_type", "expected_value"]
+__all__ = ["TrainConfig", "RunPlan", "make_plan", "update_size", "cooldown_start", "RESUME_MAY_CHANGE", "field_type",
+           "expected_value"]
 
 Parallel = Literal["ddp", "fsdp"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
 Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+# cosine: the paper's warmup + cosine to min_lr over the whole run. wsd: warmup, constant LR, then a cooldown to
+# min_lr over the last `cooldown_fraction` of the updates (Hägele et al. 2024). constant: warmup then constant LR
+# (a WSD trunk: every D's cooldown branches from one of its checkpoints).
+Schedule = Literal["cosine", "wsd", "constant"]
+CooldownShape = Literal["1-sqrt", "linear", "cosine"]
 
 # Fields that may differ when a run is resumed: they change where/how fast it runs, not what it computes.
 RESUME_MAY_CHANGE = frozenset(
     {"units_dir", "out_dir", "workers", "gpus_per_worker", "use_ray", "micro_batch", "device", "compile",
      "attn_implementation", "peak_tflops", "threads", "progress", "report_every", "eval_every",
-     "checkpoint_every", "keep_checkpoints", "cpus_per_worker", "max_failures", "data_cache"}
+     "checkpoint_every", "keep_checkpoints", "cpus_per_worker", "max_failures", "data_cache",
+     # Where the trunk lives (a moved sweep storage); what is loaded from it is checked by identity and checksums.
+     "branch_from"}
 )
 
 
@@ -86,6 +94,16 @@ class TrainConfig(TypedConfig):
     min_lr: float = Field(5e-5, ge=0, description="final learning rate of the cosine (at most lr)")
     warmup_steps: int | None = Field(None, ge=0, description="linear warmup updates; None: 1% of the updates "
                                                              "(at least 1)")
+    schedule: Schedule = Field("cosine", description="LR schedule after warmup: cosine (paper), wsd (constant, then "
+                                                     "a cooldown), or constant (a WSD trunk)")
+    cooldown_fraction: float = Field(0.2, gt=0, lt=1, description="wsd: fraction of the updates spent in the "
+                                                                  "cooldown to min_lr")
+    cooldown_shape: CooldownShape = Field("1-sqrt", description="wsd: cooldown multiplier 1-sqrt(progress), "
+                                                                "linear or cosine")
+    branch_from: PathStr | None = Field(None, description="wsd: a constant-LR trunk's run directory; the run starts "
+                                                          "from its checkpoint at the cooldown's first update")
+    keep_steps: tuple[Annotated[int, Field(gt=0)], ...] = Field(
+        (), description="updates that always get a checkpoint which is never pruned (a trunk's branch points)")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices; none on RMSNorm gains)")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")
@@ -98,7 +116,8 @@ class TrainConfig(TypedConfig):
     eval_tokens: int | None = _count(262_144, "validation tokens per evaluation; None: all")
     test_tokens: int | None = _count(4_194_304, "held-out tokens for the final test loss; None: all")
     report_every: int | None = _count(None, "updates between reports (metrics.jsonl); None: ~50 reports per run")
-    eval_every: int | None = _count(None, "updates between validation losses; None: = report_every")
+    eval_every: int | None = _count(None, "updates between validation losses (and the last update); None: ~10 "
+                                          "per run, fewer when they would cost over 2.5% of the training compute")
     checkpoint_every: int | None = _count(None, "updates between checkpoints (and the last update); "
                                                 "None: ~10 per run")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
@@ -142,6 +161,12 @@ class TrainConfig(TypedConfig):
     def check_cross_field(self) -> TrainConfig:
         if self.min_lr > self.lr:
             raise ValueError(f"field 'min_lr' = {self.min_lr!r}, expected in [0, lr={self.lr}]")
+        if self.branch_from is not None and self.schedule != "wsd":
+            raise ValueError(f"field 'branch_from' is set but 'schedule' = {self.schedule!r}; expected schedule "
+                             f"'wsd' (a branch is a cooldown)")
+        if self.branch_from is not None and self.warmup_steps is None:
+            raise ValueError("field 'branch_from' needs an explicit 'warmup_steps', the trunk's (1% of the branch's "
+                             "own updates would not match the trunk's warmup)")
         return self
 
     def validate(self) -> TrainConfig:  # type: ignore[override]
@@ -211,7 +236,8 @@ def expected_value(name: str) -> str:
         text = f"one of {choices}"
     else:
         nonempty = any(getattr(m, "min_length", 0) for m in info.metadata)
-        text = {int: "an integer", float: "a finite number", bool: "true or false"}.get(
+        text = {int: "an integer", float: "a finite number", bool: "true or false",
+                tuple: "a list of positive integers"}.get(
             base, "a non-empty string" if nonempty else "a string")
         bounds = {key: getattr(m, key) for m in info.metadata for key in ("gt", "ge", "lt", "le") if hasattr(m, key)}
         low = (f"({bounds['gt']}" if "gt" in bounds else f"[{bounds['ge']}" if "ge" in bounds else None)
@@ -246,6 +272,9 @@ class RunPlan:
     report_every: int
     eval_every: int
     checkpoint_every: int
+    schedule: str
+    cooldown_start: int | None  # wsd: updates done when the cooldown starts (a branch's trunk checkpoint)
+    keep_steps: tuple[int, ...]  # checkpoints written and never pruned
     flops_per_token_6n: int
     flops_per_token: int  # with the attention term
 
@@ -257,26 +286,57 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
+def update_size(model: str, context: int | None = None, tokens_per_update: int | None = None) -> tuple[int, int]:
+    """(context, tokens per update) of a run of ladder size `model` with these TrainConfig overrides (None: the
+    size's; a custom context keeps the size's sequences per update)."""
+    size = get_size(model)
+    if context is None:
+        return size.context, tokens_per_update or size.tokens_per_update
+    return context, tokens_per_update or context * max(1, round(size.tokens_per_update / size.context))
+
+
+def cooldown_start(total_steps: int, fraction: float) -> int:
+    """Updates done before a WSD run's cooldown: the last round(fraction * T) updates (at least one) decay."""
+    return total_steps - max(1, round(fraction * total_steps))
+
+
+def _default_eval_every(total: int, report: int, tokens: int, eval_tokens: int | None) -> int:
+    """Updates between validation losses: ~10 per run, and no more than cost 2.5 % of the training compute (a
+    validation token is a forward pass, about a third of a training token's cost), on report steps. Every 2 %
+    of the run (the reports), as before, made validation most of a short run's wall time."""
+    affordable = 10 if eval_tokens is None else int(0.025 * 3 * tokens / eval_tokens)
+    evaluations = max(1, min(10, affordable))
+    return report * max(1, total // (evaluations * report))
+
+
 def make_plan(cfg: TrainConfig, n_units: int) -> RunPlan:
     """Derive the exact schedule; refuses (SlmscaleError) a budget smaller than one update."""
-    size = get_size(cfg.model)
-    context = cfg.context or size.context
-    tpu = cfg.tokens_per_update or (size.tokens_per_update if cfg.context is None
-                                    else context * max(1, round(size.tokens_per_update / size.context)))
+    context, tpu = update_size(cfg.model, cfg.context, cfg.tokens_per_update)
     if tpu % context:
         raise SlmscaleError(f"tokens_per_update: {tpu} is not a multiple of the context length {context}")
     seqs = tpu // context
     if seqs % cfg.workers:
         raise SlmscaleError(f"tokens_per_update: {seqs} sequences per update do not split evenly over {cfg.workers} workers")
     per_worker = seqs // cfg.workers
-    micro = _largest_divisor_at_most(per_worker, cfg.micro_batch or size.micro_batch)
+    micro = _largest_divisor_at_most(per_worker, cfg.micro_batch or get_size(cfg.model).micro_batch)
     total = cfg.tokens // tpu
     if total < 1:
         raise SlmscaleError(
             f"tokens: the budget D={cfg.tokens} is smaller than one optimizer update ({tpu} tokens per update); "
             f"expected tokens >= {tpu} (or a smaller --tokens-per-update)"
         )
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.01 * total))
+    warmup = min(cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.01 * total)), total)
+    start = None
+    if cfg.schedule == "wsd":
+        start = cooldown_start(total, cfg.cooldown_fraction)
+        if start < warmup:
+            raise SlmscaleError(
+                f"cooldown_fraction: with {total} updates the cooldown starts after update {start}, inside the "
+                f"{warmup}-update warmup; expected more tokens, a smaller cooldown_fraction or fewer warmup_steps"
+            )
+    late = [s for s in cfg.keep_steps if s > total]
+    if late:
+        raise SlmscaleError(f"keep_steps: {late} are past the run's last update ({total}); expected steps <= {total}")
     report = cfg.report_every or max(1, total // 50)
     six_n, exact = flops_per_token(cfg.model, n_units, context)
     return RunPlan(
@@ -293,10 +353,13 @@ def make_plan(cfg: TrainConfig, n_units: int) -> RunPlan:
         workers=cfg.workers,
         total_steps=total,
         tokens=total * tpu,
-        warmup_steps=min(warmup, total),
+        warmup_steps=warmup,
         report_every=report,
-        eval_every=cfg.eval_every or report,
+        eval_every=cfg.eval_every or _default_eval_every(total, report, total * tpu, cfg.eval_tokens),
         checkpoint_every=cfg.checkpoint_every or max(1, total // 10),
+        schedule=cfg.schedule,
+        cooldown_start=start,
+        keep_steps=tuple(sorted(set(cfg.keep_steps))),
         flops_per_token_6n=six_n,
         flops_per_token=exact,
     )

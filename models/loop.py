@@ -27,7 +27,7 @@ from slmscale.models.ladder import build_model
 from slmscale.models.rundir import RunDir
 from slmscale.models.throughput import ThroughputMeter, device_peak_flops, mfu
 
-__all__ = ["WorkerContext", "WarmupCosine", "run_worker"]
+__all__ = ["WorkerContext", "WarmupCosine", "WarmupStableDecay", "lr_multiplier", "run_worker"]
 
 ReportFn = Callable[[dict, "str | None"], None]
 
@@ -53,6 +53,35 @@ class WarmupCosine:
             return (step + 1) / self.warmup
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return self.min_ratio + 0.5 * (1.0 - self.min_ratio) * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupStableDecay:
+    """LR multiplier: linear warmup to 1, 1 until `cooldown_start` updates are done, then a cooldown that reaches
+    min_lr / lr at the last update (`total` - 1 is the last scheduler step) with the given shape. A constant-LR
+    trunk is the same with no cooldown (`cooldown_start` None), so up to a branch point the two are equal
+    update for update. A callable object for the same reason as `WarmupCosine`."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float, cooldown_start: int | None, shape: str):
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+        self.cooldown_start, self.shape = cooldown_start, shape
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.cooldown_start is None or step <= self.cooldown_start:
+            return 1.0
+        progress = min(1.0, (step - self.cooldown_start) / max(1, self.total - 1 - self.cooldown_start))
+        decay = {"1-sqrt": 1.0 - math.sqrt(progress), "linear": 1.0 - progress,
+                 "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[self.shape]
+        return self.min_ratio + (1.0 - self.min_ratio) * decay
+
+
+def lr_multiplier(cfg: TrainConfig, plan: RunPlan) -> WarmupCosine | WarmupStableDecay:
+    """The LR multiplier of `cfg.schedule` for this plan (LambdaLR's lambda)."""
+    min_ratio = cfg.min_lr / cfg.lr
+    if plan.schedule == "cosine":
+        return WarmupCosine(plan.warmup_steps, plan.total_steps, min_ratio)
+    return WarmupStableDecay(plan.warmup_steps, plan.total_steps, min_ratio, plan.cooldown_start, cfg.cooldown_shape)
 
 
 def _resolve_runtime(cfg: TrainConfig, device) -> dict[str, Any]:
@@ -204,16 +233,19 @@ class _Worker:
             _param_groups(self.unwrapped if not self.fsdp else model, cfg.weight_decay),
             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.rt["fused_adamw"] or None,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, WarmupCosine(plan.warmup_steps, plan.total_steps, cfg.min_lr / cfg.lr)
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(cfg, plan))
         self.identity = {"model": plan.model, "n_params": plan.n_params, "vocab_size": plan.vocab_size,
                          "context": plan.context}
         self.loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)  # train loss since the last report
+        # Wall-clock seconds of this session spent outside the updates (what update-only tokens/s leaves out): the
+        # periodic validation losses and checkpoints (their cadence is eval_every / checkpoint_every), and the
+        # one-off end of the run (test loss, final model).
+        self.seconds = {"validation": 0.0, "checkpoints": 0.0, "final": 0.0}
 
     def resume(self) -> int:
         """Load the newest checkpoint, if any (weights, optimizer, scheduler, RNG); returns the updates done.
-        Rank 0 also removes half-written checkpoints and the metrics.jsonl lines after the checkpoint."""
+        A WSD branch without a checkpoint of its own starts from its trunk's checkpoint of the cooldown's first
+        update. Rank 0 also removes half-written checkpoints and the metrics.jsonl lines after the checkpoint."""
         start_step = 0
         latest = ckpt_io.latest_checkpoint(self.run_dir.path)
         if latest is not None:
@@ -223,10 +255,30 @@ class _Worker:
             ckpt_io.restore_rng(loaded)
             start_step = int(loaded["trainer_state"]["step"])
             del loaded
+        elif self.cfg.branch_from is not None:
+            start_step = self.start_from_trunk()
         if self.ctx.rank == 0:
             ckpt_io.clean_stale_tmp(self.run_dir.path)
             _truncate_metrics(self.run_dir.metrics, start_step)
         return start_step
+
+    def start_from_trunk(self) -> int:
+        """Load the trunk's checkpoint of step S = plan.cooldown_start (weights, optimizer, RNG; the data position is
+        the update index) and set the schedule to step S; returns S. The trunk's scheduler state is not loaded:
+        LambdaLR saves its lambda object's fields, which would replace this run's cooldown with the trunk's
+        constant LR."""
+        import torch
+
+        step = int(self.plan.cooldown_start)
+        ckpt = ckpt_io.branch_point(self.cfg.branch_from, step, self.identity)
+        loaded = ckpt_io.read_checkpoint(ckpt, self.identity)
+        _set_state(self.model, self.unwrapped, self.optimizer, loaded, ckpt, self.fsdp)
+        ckpt_io.restore_rng(loaded)
+        # The optimizer state holds each group's 'initial_lr' (the peak LR): the scheduler rebuilt at step S gives
+        # the LR of update S + 1 exactly as a run that stepped it S times.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(self.cfg, self.plan),
+                                                           last_epoch=step - 1)
+        return step
 
     def update(self, step: int) -> float:
         """Optimizer update `step` (1-based): this worker's micro-batches of it with gradient accumulation, clipping,
@@ -263,7 +315,10 @@ class _Worker:
         return total
 
     def val_loss(self) -> float:
-        return _eval_loss(self.model, self.val_ids, self.val_mask, self.plan.micro_batch, self.ctx, self.rt["bf16"])
+        t0 = time.perf_counter()
+        loss = _eval_loss(self.model, self.val_ids, self.val_mask, self.plan.micro_batch, self.ctx, self.rt["bf16"])
+        self.seconds["validation"] += time.perf_counter() - t0
+        return loss
 
     def metrics(self, step: int, train_loss: float, val_loss: float | None, lr: float, tokens_per_s: float) -> dict:
         """One report (a metrics.jsonl line)."""
@@ -305,6 +360,13 @@ class _Worker:
     def save_checkpoint(self, step: int) -> str | None:
         """Gather the full state (every rank takes part); rank 0 writes checkpoints/step-N and prunes old ones.
         Returns the checkpoint's path on rank 0, None elsewhere."""
+        t0 = time.perf_counter()
+        try:
+            return self._save_checkpoint(step)
+        finally:
+            self.seconds["checkpoints"] += time.perf_counter() - t0
+
+    def _save_checkpoint(self, step: int) -> str | None:
         plan = self.plan
         model_state, optim_state = _gather_state(self.model, self.unwrapped, self.optimizer, self.fsdp)
         if self.ctx.rank != 0:
@@ -321,17 +383,23 @@ class _Worker:
         }
         path = ckpt_io.write_checkpoint(self.run_dir.path, step, self.unwrapped, model_state, optim_state,
                                         self.scheduler.state_dict(), trainer_state)
-        ckpt_io.prune_checkpoints(self.run_dir.path, self.cfg.keep_checkpoints)
+        ckpt_io.prune_checkpoints(self.run_dir.path, self.cfg.keep_checkpoints, protected=plan.keep_steps)
         return str(path)
 
-    def finish(self, last_val: float, tokens_per_s: float) -> dict | None:
+    def finish(self, last_val: float, tokens_per_s: float, session: _Session) -> dict | None:
         """Test loss (and the validation loss if this session evaluated none), then on rank 0 the final model
-        (model/) and final.json, written last. Returns final.json's content on rank 0, None elsewhere."""
+        (model/) and final.json, written last. Returns final.json's content on rank 0, None elsewhere.
+
+        final.json has two throughputs: `tokens_per_s` / `mfu` of the updates alone, and `wall_tokens_per_s` /
+        `wall_mfu` over the session's wall time (updates, reports, validation, checkpoints, test loss, final
+        model), with `seconds` splitting that wall time (wall, updates, validation, checkpoints, final)."""
         import torch
 
         plan, ctx = self.plan, self.ctx
+        t0 = time.perf_counter()
         test_ids, test_mask = eval_sequences(self.streams.test, plan.context, self.cfg.test_tokens, self.streams.pad_id)
         test_loss = _eval_loss(self.model, test_ids, test_mask, plan.micro_batch, ctx, self.rt["bf16"])
+        self.seconds["final"] += time.perf_counter() - t0
         if last_val != last_val:  # resumed after the last report: nothing evaluated in this session
             last_val = self.val_loss()
         model_state = _gather_state(self.model, self.unwrapped, self.optimizer, self.fsdp)[0] if self.fsdp else None
@@ -340,7 +408,11 @@ class _Worker:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        t0 = time.perf_counter()
         ckpt_io.save_model(self.unwrapped, self.run_dir.model, model_state)
+        self.seconds["final"] += time.perf_counter() - t0
+        wall = time.perf_counter() - session.start
+        wall_tokens_per_s = (plan.total_steps - session.start_step) * plan.tokens_per_update / wall if wall > 0 else 0.0
         final = {
             "test_loss": test_loss,
             "val_loss": last_val,
@@ -349,6 +421,10 @@ class _Worker:
             "epochs": plan.tokens / self.sampler.unique_tokens,
             "tokens_per_s": tokens_per_s,
             "mfu": mfu(plan.flops_per_token, tokens_per_s, self.peak, ctx.world_size),
+            "wall_tokens_per_s": wall_tokens_per_s,
+            "wall_mfu": mfu(plan.flops_per_token, wall_tokens_per_s, self.peak, ctx.world_size),
+            "seconds": {"wall": wall, "updates": session.update_seconds, **self.seconds},
+            "resumed_from_step": session.start_step,
             "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
             "runtime": self.rt,
             "split_utterances": self.streams.utterances,
@@ -366,14 +442,29 @@ def _progress_bar(cfg: TrainConfig, plan: RunPlan, ctx: WorkerContext, start_ste
     return tqdm(total=plan.total_steps, initial=start_step, desc=f"train {cfg.model}", unit="update")
 
 
+@dataclass
+class _Session:
+    """This start (or resume) of the run: when its first update began and the seconds its updates took."""
+
+    start_step: int
+    start: float
+    update_seconds: float = 0.0
+
+    def add_update(self, meter: ThroughputMeter, seconds: float) -> None:
+        meter.add(seconds)
+        self.update_seconds += seconds
+
+
 def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | None:
     """Train (or resume) to the end of the plan; returns the final metrics on rank 0 (None elsewhere).
 
-    Every update is timed (training only: reports, evaluations and checkpoints are not); a report after every
-    `report_every` updates and at every checkpoint, a validation loss every `eval_every` updates and at the end."""
+    Every update is timed (the update-only throughput), and so is the whole session (the wall-clock one); a
+    report after every `report_every` updates and at every checkpoint, a validation loss every `eval_every`
+    updates and at the end, a checkpoint every `checkpoint_every` updates, at each of `keep_steps` and at the end."""
     cfg, plan = TrainConfig(**cfg_dict), RunPlan(**plan_dict)
     worker = _Worker(cfg, plan, ctx)
     start_step = worker.resume()
+    session = _Session(start_step, time.perf_counter())
     meter = ThroughputMeter(plan.tokens_per_update)
     pbar = _progress_bar(cfg, plan, ctx, start_step)
     last_val = float("nan")
@@ -382,14 +473,14 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
         t0 = time.perf_counter()
         lr = worker.update(step)
         is_last = step == plan.total_steps
-        is_ckpt = step % plan.checkpoint_every == 0 or is_last
+        is_ckpt = step % plan.checkpoint_every == 0 or is_last or step in plan.keep_steps
         if not (step % plan.report_every == 0 or is_ckpt):
-            meter.add(time.perf_counter() - t0)
+            session.add_update(meter, time.perf_counter() - t0)
             if pbar:
                 pbar.update(1)
             continue
         loss_sum = worker.take_loss_sum()  # waits for the device, so the update's time below is complete
-        meter.add(time.perf_counter() - t0)
+        session.add_update(meter, time.perf_counter() - t0)
         train_loss = loss_sum / (meter.updates * ctx.world_size)
         tokens_per_s = meter.end_interval()
         evaluated = step % plan.eval_every == 0 or is_last
@@ -402,4 +493,4 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
             pbar.set_postfix(loss=f"{train_loss:.3f}", val=f"{last_val:.3f}")
     if pbar:
         pbar.close()
-    return worker.finish(last_val, meter.session_rate())
+    return worker.finish(last_val, meter.session_rate(), session)

@@ -20,7 +20,7 @@ from slmscale.analysis.schema import write_results
 from slmscale.errors import SlmscaleError
 from slmscale.io import atomic_write_json, code_version
 from slmscale.locks import locked_folder
-from slmscale.models.checkpoint import newest_intact_checkpoint
+from slmscale.models.checkpoint import branch_point, newest_intact_checkpoint
 from slmscale.models.config import RunPlan, TrainConfig, make_plan
 from slmscale.models.data import SequenceSampler, cached_unit_streams
 from slmscale.models.ladder import llama_config
@@ -75,9 +75,11 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
 
     # The workers resume from the newest checkpoint: make sure it is intact first (a node lost mid-write, a
     # truncated copy), falling back to an older one; refuses checkpoints of another model (copied in by mistake).
+    identity = {"model": cfg.model, "n_params": plan.n_params, "vocab_size": plan.vocab_size, "context": plan.context}
     if not rd.is_finished():
-        newest_intact_checkpoint(rd.path, {"model": cfg.model, "n_params": plan.n_params,
-                                           "vocab_size": plan.vocab_size, "context": plan.context})
+        own = newest_intact_checkpoint(rd.path, identity)
+        if own is None and cfg.branch_from is not None:  # a WSD branch starts from its trunk's checkpoint
+            branch_point(cfg.branch_from, plan.cooldown_start, identity)
 
     # Data checks (cheap next to training): ids in range, every split non-empty, U available.
     rd.path.mkdir(parents=True, exist_ok=True)
@@ -131,8 +133,11 @@ def results_row(cfg: TrainConfig, plan: RunPlan, info: dict[str, Any], final: di
         "seed": int(cfg.seed),
         "code_version": info["code_version"],
         "flops_exact": float(plan.flops_per_token) * tokens,
-        "tokens_per_s": _number(final.get("tokens_per_s")),
+        "schedule": cfg.schedule,
+        "tokens_per_s": _number(final.get("tokens_per_s")),  # the updates alone
         "mfu": _number(final.get("mfu")),
+        "wall_tokens_per_s": _number(final.get("wall_tokens_per_s")),  # with evaluations and checkpoints
+        "wall_mfu": _number(final.get("wall_mfu")),
         "val_loss": _number(final.get("val_loss")),
         "run_dir": str(Path(cfg.out_dir).resolve()),
     }

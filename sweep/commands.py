@@ -29,8 +29,7 @@ def _plan(args) -> int:
 
     plan = make_plan(load_grid(args.grid), args.units)
     if args.json:
-        print(json.dumps({"trials": plan.rows(), "total_flops": plan.total_flops,
-                          "gpu_hours": plan.gpu_hours(plan.total_flops)}, indent=2))
+        print(json.dumps(plan.to_json(), indent=2))
     else:
         print(plan.render())
     return 0

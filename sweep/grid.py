@@ -13,6 +13,9 @@
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
     model_resources: {tiny-3M: {workers: 2}}   # optional per-size overrides of `resources`
     train: {checkpoint_every: 50}          # further models.train.TrainConfig fields, the same for every trial
+    schedule: wsd                          # cosine (default, the paper's: one full run per point) or wsd
+    cooldown: {fraction: 0.2, shape: 1-sqrt}   # wsd: one constant-LR trunk per (size, seed, unique-token cap);
+                                           # each D is a cooldown branch over its last 20 % (Hägele et al. 2024)
     max_failures: 3
     plan: {mfu: 0.4, gpu_peak_tflops: 312}  # assumptions for the GPU-hour estimate of `sweep plan`
 
@@ -29,7 +32,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -48,12 +51,13 @@ from pydantic import (
 from slmscale.errors import SlmscaleError, explain_validation_error
 from slmscale.typed import parse_count
 
-__all__ = ["TrialResources", "PlanAssumptions", "EvalEntry", "GridSpec", "Trial", "grid_from_dict", "load_grid",
+__all__ = ["TrialResources", "PlanAssumptions", "EvalEntry", "Cooldown", "GridSpec", "Trial", "grid_from_dict", "load_grid",
            "with_changes", "expand_grid", "format_count"]
 
 # Fields of models.train.TrainConfig that every trial gets from the grid itself, so `train` may not set them.
 RESERVED_TRAIN_FIELDS = frozenset({"units_dir", "model", "tokens", "out_dir", "unique_tokens", "seed", "workers",
-                                   "gpus_per_worker"})
+                                   "gpus_per_worker", "schedule", "cooldown_fraction", "cooldown_shape",
+                                   "branch_from", "keep_steps"})
 
 
 # --- scalar parsers (used as pydantic BeforeValidators; a ValueError's text becomes the error message) ----------
@@ -225,6 +229,22 @@ class EvalEntry(BaseModel):
         return self.model_dump()
 
 
+class Cooldown(BaseModel):
+    """The cooldown of a `schedule: wsd` grid: its share of each point's updates and the LR multiplier's shape."""
+
+    model_config = _STRICT
+
+    fraction: PositiveFloat = Field(0.2, description="fraction of each point's updates spent cooling down, in (0, 1)")
+    shape: Literal["1-sqrt", "linear", "cosine"] = Field("1-sqrt", description="the cooldown's LR shape")
+
+    @field_validator("fraction")
+    @classmethod
+    def _below_one(cls, fraction: float) -> float:
+        if fraction >= 1:
+            raise ValueError(f"expected a fraction in (0, 1), got {fraction}")
+        return fraction
+
+
 def _models(value: Any) -> Any:
     names = _as_list(value)
     if not names:
@@ -286,6 +306,11 @@ class GridSpec(BaseModel):
         None, description="trials at once; null = as many as the cluster fits")
     plan: Annotated[PlanAssumptions, BeforeValidator(lambda v: {} if v is None else v)] = Field(
         default_factory=PlanAssumptions, description="assumptions for the GPU-hour estimate of `sweep plan`")
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine", description="cosine: every point a full run with its own cosine (paper); wsd: one constant-LR "
+                              "trunk per size, seed and unique-token cap, every point a cooldown branch of it")
+    cooldown: Annotated[Cooldown, BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=Cooldown, description="wsd: the cooldown's fraction of each point's updates and its shape")
 
     _source: str = PrivateAttr("<grid>")
 
@@ -329,7 +354,7 @@ class GridSpec(BaseModel):
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {"resources": TrialResources, "model_resources": TrialResources,
-                                         "plan": PlanAssumptions, "eval": EvalEntry}
+                                         "plan": PlanAssumptions, "eval": EvalEntry, "cooldown": Cooldown}
 
 
 def _known_fields(loc: tuple) -> Iterable[str]:
@@ -382,19 +407,39 @@ def with_changes(spec: GridSpec, **changes) -> GridSpec:
 
 @dataclass(frozen=True)
 class Trial:
-    """One grid point: one complete training run with its own schedule (paper: not an intermediate checkpoint)."""
+    """One training run of the sweep. With `schedule: cosine` every trial is a grid point: a complete run with
+    its own schedule (paper: not an intermediate checkpoint). With `schedule: wsd` a grid point ("wsd") is a
+    cooldown branch that starts from its trunk's checkpoint of update `branch_step`; a trunk ("constant") is
+    a trial too, but no grid point: it gives no results row."""
 
     run_id: str
     model: str
     n_params: int
-    tokens: int  # D
+    tokens: int  # D (a trunk: the tokens up to its last branch point)
     unique_tokens: int | None  # U_D cap; None = single epoch (unique = D)
     seed: int
     budget: str  # how D was chosen, e.g. "d_over_n=20" or "flops=1e+18"
+    schedule: str = "cosine"  # cosine | wsd (a branch) | constant (a trunk)
+    trunk: str | None = None  # a branch: the run_id of its trunk
+    branch_step: int = 0  # a branch: the trunk's update it starts from (0: from scratch)
+    branch_tokens: int = 0  # ... and the tokens trained up to it, which the branch does not pay for again
+    warmup_steps: int | None = None  # wsd: the trunk's warmup, shared by its branches; None: the run's own 1 %
+    keep_steps: tuple[int, ...] = ()  # a trunk: its branch points (checkpoints never pruned)
 
     @property
     def flops(self) -> float:
+        """C = 6 N D of the run's D (a branch's includes the trunk's share: fits compare across schedules)."""
         return 6.0 * self.n_params * self.tokens
+
+    @property
+    def spent_flops(self) -> float:
+        """What running this trial costs: a branch's cooldown only (its trunk is paid once, by the trunk)."""
+        return 6.0 * self.n_params * (self.tokens - self.branch_tokens)
+
+    @property
+    def is_point(self) -> bool:
+        """Gives a results row (every trial but a WSD trunk)."""
+        return self.schedule != "constant"
 
     @property
     def epochs(self) -> float:
@@ -413,11 +458,17 @@ def format_count(x: float) -> str:
 
 
 def expand_grid(spec: GridSpec, param_count: Callable[[str], int]) -> list[Trial]:
-    """Every (model, token budget, unique-token cap, seed) combination as a Trial, sorted by compute.
+    """Every (model, token budget, unique-token cap, seed) combination as a Trial, sorted by compute; with
+    `schedule: wsd` these are branches, preceded by one trunk per (model, unique-token cap, seed) (`wsd_trials`).
 
     `param_count(model_name) -> N` comes from models.ladder. A unique-token cap at or above D is a
     single-epoch run and is dropped when the grid also has the uncapped run (it would duplicate it).
     """
+    points = _grid_points(spec, param_count)
+    return wsd_trials(spec, points) if spec.schedule == "wsd" else points
+
+
+def _grid_points(spec: GridSpec, param_count: Callable[[str], int]) -> list[Trial]:
     trials: list[Trial] = []
     seen: set[tuple] = set()
     for model in spec.models:
@@ -450,3 +501,43 @@ def expand_grid(spec: GridSpec, param_count: Callable[[str], int]) -> list[Trial
             for t in trials
         ]
     return sorted(trials, key=lambda t: (t.flops, t.model, t.tokens, t.unique_tokens or 0, t.seed))
+
+
+def _train_int(spec: GridSpec, name: str) -> int | None:
+    value = spec.train.get(name)
+    return None if value is None else int(value)
+
+
+def wsd_trials(spec: GridSpec, points: list[Trial]) -> list[Trial]:
+    """The WSD sweep of `points`: per (model, unique-token cap, seed) one constant-LR trunk up to the latest
+    branch point, checkpointed at every branch point, then each point as a branch that cools down over its last
+    `cooldown.fraction` of updates from the trunk's checkpoint where that cooldown starts. All share the trunk's
+    warmup: the grid's train.warmup_steps, else 1 % of the longest point's updates. Trunks come first, longest
+    first, so they start before their branches can."""
+    from slmscale.models.config import cooldown_start, update_size
+
+    groups: dict[tuple, list[Trial]] = {}
+    for t in points:
+        groups.setdefault((t.model, t.unique_tokens, t.seed), []).append(t)
+    trunks, branches = [], []
+    for (model, unique, seed), group in groups.items():
+        _, tpu = update_size(model, _train_int(spec, "context"), _train_int(spec, "tokens_per_update"))
+        updates = {t.run_id: t.tokens // tpu for t in group}
+        starts = {run_id: cooldown_start(n, spec.cooldown.fraction) for run_id, n in updates.items()}
+        warmup = _train_int(spec, "warmup_steps")
+        warmup = max(1, round(0.01 * max(updates.values()))) if warmup is None else warmup
+        trunk_id = f"{model}-trunk" + (f"-U{format_count(unique)}" if unique else "") + f"-s{seed}"
+        for t in group:
+            if updates[t.run_id] < 2 or starts[t.run_id] < warmup:
+                raise SlmscaleError(
+                    f"{spec.source}: point {t.run_id} has {updates[t.run_id]} updates, so its cooldown would start at "
+                    f"update {starts[t.run_id]}, before the end of the trunk's {warmup}-update warmup; expected "
+                    f"larger token budgets, a smaller cooldown.fraction or a smaller train.warmup_steps"
+                )
+            branches.append(Trial(t.run_id, model, t.n_params, t.tokens, unique, seed, t.budget, schedule="wsd",
+                                  trunk=trunk_id, branch_step=starts[t.run_id], branch_tokens=starts[t.run_id] * tpu,
+                                  warmup_steps=warmup))
+        keep = tuple(sorted(set(starts.values())))
+        trunks.append(Trial(trunk_id, model, group[0].n_params, keep[-1] * tpu, unique, seed, "trunk",
+                            schedule="constant", warmup_steps=warmup, keep_steps=keep))
+    return sorted(trunks, key=lambda t: -t.flops) + branches

@@ -1,8 +1,10 @@
 """`sweep launch` / `sweep resume`: the grid as one Ray Tune experiment on the storage path.
 
 The storage layout (sweep.json, driver.json, runs/<run_id>/, tune/, results.parquet) is owned by
-sweep/storage.py. One Tune trial per grid point (`tune.grid_search` over the run ids), resources per trial, FailureConfig
-(max_failures) for automatic retries; retries and `sweep resume` continue from the run dir's checkpoints.
+sweep/storage.py. One Tune trial per training run of sweep.json (every grid point, plus a trunk per WSD group),
+suggested by the `ReadyTrials` searcher (sweep/searcher.py) as soon as it can start, resources per trial,
+FailureConfig (max_failures) for automatic retries; retries and `sweep resume` continue from the run dir's
+checkpoints.
 """
 from __future__ import annotations
 
@@ -14,34 +16,12 @@ from typing import Any
 from slmscale.errors import SlmscaleError
 from slmscale.io import atomic_write_json, code_version
 from slmscale.locks import exclusive_lock, locked_folder
+from slmscale.ray_utils import check_address
 from slmscale.sweep.grid import GridSpec, Trial, grid_from_dict, with_changes
 from slmscale.sweep.plan import make_plan
 from slmscale.sweep.storage import SweepStorage, read_sweep
 
-__all__ = ["launch", "resume", "check_address"]
-
-
-def check_address(address: str | None, timeout_s: float = 5.0) -> None:
-    """Fail in seconds, not minutes, when --address names a host:port nobody listens on.
-
-    `ray.init(address=...)` retries an unreachable GCS for about two minutes before giving up; a plain TCP
-    connect tells the same thing at once. 'auto' and 'local' are left to Ray."""
-    import socket
-
-    if not address or address in ("auto", "local"):
-        return
-    target = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise SlmscaleError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT or 'auto'")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise SlmscaleError(
-            f"could not reach a Ray cluster at --address {address!r}: {exc}; expected a running Ray head "
-            f"(`ray start --head` or `ray up cluster.yaml`; from outside the cluster use an SSH tunnel)"
-        ) from None
+__all__ = ["launch", "resume"]
 
 
 def _record_driver(storage: SweepStorage) -> None:
@@ -62,12 +42,24 @@ def _units_info(units: str) -> tuple[str, int, str]:
     return str(path), meta.vocab_size, meta_hash(path)
 
 
-def _param_space(storage: SweepStorage, sweep: dict[str, Any]) -> dict[str, Any]:
-    """One Tune trial per run_id. The config stays tiny (Tune prints and snapshots it): the trainable reads its
-    trial and the launch settings from sweep.json on the shared storage."""
+def _tune_config(spec: GridSpec, storage: SweepStorage, sweep: dict[str, Any]):
+    """One Tune trial per run_id of sweep.json, each suggested once it is ready (a WSD branch: once its trunk's
+    checkpoint exists). The config stays tiny (Tune prints and snapshots it): {"run_id", "sweep_file"}; the
+    trainable reads its trial and the launch settings from sweep.json on the shared storage."""
     from ray import tune
 
-    return {"run_id": tune.grid_search([t["run_id"] for t in sweep["trials"]]), "sweep_file": str(storage.sweep_file)}
+    from slmscale.sweep.searcher import ReadyTrials
+
+    return tune.TuneConfig(
+        search_alg=ReadyTrials(str(storage.sweep_file)),
+        num_samples=len(sweep["trials"]),
+        max_concurrent_trials=spec.max_concurrent,
+        # A trial process imports torch + transformers (seconds); reusing it for the next trial of the
+        # same shape removes that per-trial cost. Fault tolerance is unaffected: a dead actor is replaced.
+        reuse_actors=True,
+        trial_dirname_creator=lambda trial: trial.config["run_id"],
+        trial_name_creator=lambda trial: trial.config["run_id"],
+    )
 
 
 def _trainable(spec: GridSpec, sweep: dict[str, Any]):
@@ -99,14 +91,16 @@ def _run_config(storage: SweepStorage, spec: GridSpec, verbose: int):
     )
 
 
-def _settings(spec: GridSpec, storage: SweepStorage) -> dict[str, Any]:
+def trial_settings(spec: GridSpec, storage: SweepStorage) -> dict[str, Any]:
     """What every trial reads from sweep.json besides its grid point (trainable.train_config_for)."""
+    cooldown = ({"cooldown_fraction": spec.cooldown.fraction, "cooldown_shape": spec.cooldown.shape}
+                if spec.schedule == "wsd" else {})
     return {
         "name": spec.name,
         "units": spec.units,
         "run_root": str(storage.runs_dir),
         "eval": [e.to_dict() for e in spec.eval],
-        "train": {"progress": False, **spec.train},
+        "train": {"progress": False, **cooldown, **spec.train},
         "resources": {m: spec.resources_for(m).model_dump() for m in spec.models},
     }
 
@@ -118,11 +112,12 @@ def _check_train_configs(spec: GridSpec, trials: list[Trial], storage: SweepStor
     from slmscale.models.data import check_splits
     from slmscale.sweep.trainable import train_config_for
 
-    settings = _settings(spec, storage)
+    settings = trial_settings(spec, storage)
     split_fractions = set()
     for trial in trials:
         try:
-            cfg = train_config_for(trial.to_dict(), settings, storage.run_dir(trial.run_id))
+            cfg = train_config_for(trial.to_dict(), settings, storage.run_dir(trial.run_id),
+                                   trunk_dir=storage.run_dir(trial.trunk) if trial.trunk else None)
             make_train_plan(cfg.validate(), n_units)
         except (SlmscaleError, TypeError, ValueError) as exc:
             raise SlmscaleError(f"{spec.source}: trial {trial.run_id}: {exc}") from None
@@ -237,7 +232,7 @@ def _launch_locked(spec: GridSpec, store: SweepStorage, *, units: str | None, ad
         raise SlmscaleError(f"{spec.source}: field 'train' has unknown TrainConfig field(s) {unknown}")
     _check_train_configs(spec, plan.trials, store, n_units)
 
-    check_address(address)
+    check_address(address)  # before the storage checks and Ray: a wrong --address is an error in seconds
     ensure_ray(address)
     _check_cluster(spec, plan.trials, cluster_config)
 
@@ -250,8 +245,11 @@ def _launch_locked(spec: GridSpec, store: SweepStorage, *, units: str | None, ad
         "units_meta_hash": units_hash,
         "n_units": n_units,
         "trials": [t.to_dict() for t in plan.trials],
-        "settings": _settings(spec, store),
-        "total_flops": plan.total_flops,
+        "settings": trial_settings(spec, store),
+        "schedule": spec.schedule,
+        "points": len(plan.points),
+        "total_flops": plan.total_flops,  # what the sweep spends (WSD trunks once)
+        "points_flops": plan.points_flops,  # sum of 6 N D over the points
         "created": time.time(),
         "code_version": code_version(),
     }
@@ -271,15 +269,7 @@ def _fit(spec: GridSpec, storage: SweepStorage, sweep: dict[str, Any], verbose: 
     _quiet_tune()
     tuner = tune.Tuner(
         _trainable(spec, sweep),
-        param_space=_param_space(storage, sweep),
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=spec.max_concurrent,
-            # A trial process imports torch + transformers (seconds); reusing it for the next trial of the
-            # same shape removes that per-trial cost. Fault tolerance is unaffected: a dead actor is replaced.
-            reuse_actors=True,
-            trial_dirname_creator=lambda trial: trial.config["run_id"],
-            trial_name_creator=lambda trial: trial.config["run_id"],
-        ),
+        tune_config=_tune_config(spec, storage, sweep),
         run_config=_run_config(storage, spec, verbose),
     )
     return _finish(tuner.fit(), storage)

@@ -1,4 +1,8 @@
-"""`sweep plan`: expand a grid into trials with N, D, FLOPs and GPU-hours, before anything runs."""
+"""`sweep plan`: expand a grid into trials with N, D, FLOPs and GPU-hours, before anything runs.
+
+Two compute totals: `points_flops`, the sum of C = 6 N D over the grid points (what fits and budgets use, the
+same for both schedules), and `total_flops`, what the sweep actually spends: with `schedule: wsd` each trunk
+once plus each branch's cooldown."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,7 +40,23 @@ class Plan:
 
     @property
     def total_flops(self) -> float:
-        return sum(t.flops for t in self.trials)
+        """What the sweep will spend (a WSD trunk counted once, a branch for its cooldown only)."""
+        return sum(t.spent_flops for t in self.trials)
+
+    @property
+    def points(self) -> list[Trial]:
+        """The trials that give a results row: one per (N, D) grid point and seed/cap (not the WSD trunks)."""
+        return [t for t in self.trials if t.is_point]
+
+    @property
+    def points_flops(self) -> float:
+        """Sum of 6 N D over the points: what one full run per point (cosine) spends."""
+        return sum(t.flops for t in self.points)
+
+    def to_json(self) -> dict:
+        return {"schedule": self.spec.schedule, "trials": self.rows(), "points": len(self.points),
+                "total_flops": self.total_flops, "points_flops": self.points_flops,
+                "gpu_hours": self.gpu_hours(self.total_flops)}
 
     def gpu_hours(self, flops: float) -> float:
         """GPU-hours at the assumed MFU on the assumed peak (ideal data parallelism: independent of GPU count)."""
@@ -51,36 +71,44 @@ class Plan:
             dict(
                 run_id=t.run_id, model=t.model, n_params=t.n_params, tokens=t.tokens, d_over_n=t.tokens / t.n_params,
                 unique_tokens=t.unique_tokens or t.tokens, epochs=t.epochs, seed=t.seed, budget=t.budget,
-                flops=t.flops, gpu_hours=self.gpu_hours(t.flops), resources=self._res_label(t.model),
+                schedule=t.schedule, trunk=t.trunk, flops=t.flops, spent_flops=t.spent_flops,
+                gpu_hours=self.gpu_hours(t.spent_flops), resources=self._res_label(t.model),
             )
             for t in self.trials
         ]
 
     def render(self) -> str:
         spec = self.spec
-        head = f"{'run_id':<28} {'N':>8} {'D':>8} {'D/N':>6} {'epochs':>6} {'FLOPs':>9} {'GPU-h':>9} {'workers x CPU/GPU':>18}"
+        head = (f"{'run_id':<28} {'N':>8} {'D':>8} {'D/N':>6} {'epochs':>6} {'FLOPs':>9} {'spent':>9} {'GPU-h':>9} "
+                f"{'workers x CPU/GPU':>18}")
+        trunks = len(self.trials) - len(self.points)
         lines = [
             f"grid {spec.name!r} from {spec.source}: {len(self.trials)} trials "
-            f"({len(spec.models)} models, K={self.n_units} units from {self.n_units_from})",
+            f"({len(spec.models)} models, K={self.n_units} units from {self.n_units_from})"
+            + (f": {len(self.points)} points as cooldown branches of {trunks} constant-LR trunk(s) (schedule wsd, "
+               f"cooldown {spec.cooldown.fraction:g} {spec.cooldown.shape})" if spec.schedule == "wsd" else ""),
             head,
             "-" * len(head),
         ]
         for r in self.rows():
             lines.append(
                 f"{r['run_id']:<28} {format_count(r['n_params']):>8} {format_count(r['tokens']):>8} {r['d_over_n']:>6.3g} "
-                f"{r['epochs']:>6.3g} {r['flops']:>9.3g} {r['gpu_hours']:>9.3g} {r['resources']:>18}"
+                f"{r['epochs']:>6.3g} {r['flops']:>9.3g} {r['spent_flops']:>9.3g} {r['gpu_hours']:>9.3g} "
+                f"{r['resources']:>18}"
             )
         total_h = self.gpu_hours(self.total_flops)
         lines += [
             "-" * len(head),
-            f"total compute {self.total_flops:.4g} FLOPs (C = 6ND) = {total_h:.4g} GPU-hours at MFU "
+            f"total compute {self.total_flops:.4g} FLOPs spent for {len(self.points)} points (C = 6ND"
+            + (f"; {self.points_flops / self.total_flops:.3g}x less than one cosine run per point, "
+               f"{self.points_flops:.4g}" if spec.schedule == "wsd" else "") + f") = {total_h:.4g} GPU-hours at MFU "
             f"{spec.plan.mfu:.0%} of {spec.plan.gpu_peak_tflops:g} TFLOP/s",
             f"max_failures {spec.max_failures} per trial; evals {[e.benchmark for e in spec.eval] or 'none'}",
         ]
         gpus = {t.run_id: spec.resources_for(t.model).total_gpus for t in self.trials}
         if all(g > 0 for g in gpus.values()):
             # Wall clock if the cluster runs every trial at once (or max_concurrent at a time, roughly).
-            longest_h = max(self.gpu_hours(t.flops) / gpus[t.run_id] for t in self.trials)
+            longest_h = max(self.gpu_hours(t.spent_flops) / gpus[t.run_id] for t in self.trials)
             peak_gpus = sum(sorted(gpus.values(), reverse=True)[: spec.max_concurrent or len(self.trials)])
             bound = max(total_h / peak_gpus, longest_h)
             lines.append(

@@ -2,8 +2,13 @@
 
 Rows come from each trial's `row.json` (training row of models.train + evaluation metrics; the layout is
 sweep/storage.py's), one per grid point by construction (the run dir is named by the trial's run_id), so a
-trial retried or resumed any number of times still contributes exactly one row. Nothing here unpickles Tune
-state.
+trial retried or resumed any number of times still contributes exactly one row. A WSD trunk is a trial but no
+grid point: it gives no row. Nothing here unpickles Tune state.
+
+Compute columns: `flops` is 6 N D of the point's D whatever the schedule (fits and budgets compare across
+schedules); `spent_flops` is what the point's own run cost (a WSD branch: its cooldown only) and `trunk_flops`
+what its trunk cost (the same for every branch of one trunk, 0 for cosine), so the sweep's actual spend is
+sum(spent_flops) + the sum of trunk_flops over distinct `trunk`s.
 """
 from __future__ import annotations
 
@@ -20,12 +25,28 @@ from slmscale.sweep.storage import read_sweep
 __all__ = ["sweep_results", "write_sweep_results", "missing_trials"]
 
 
+def _points(sweep: dict) -> list[dict]:
+    """The trials that are grid points (all but WSD trunks), in grid order."""
+    return [t for t in sweep["trials"] if t.get("schedule", "cosine") != "constant"]
+
+
+def _compute_columns(row: dict, trial: dict, trunk: dict | None) -> dict:
+    """schedule, trunk, spent_flops and trunk_flops of a point's row (see the module docstring)."""
+    n = float(row["n_params"])
+    return {
+        "schedule": trial.get("schedule", "cosine"),
+        "trunk": trial.get("trunk"),
+        "spent_flops": 6.0 * n * (float(row["tokens"]) - int(trial.get("branch_tokens", 0))),
+        "trunk_flops": 6.0 * n * int(trunk["tokens"]) if trunk else 0.0,
+    }
+
+
 def missing_trials(storage: str | os.PathLike) -> list[dict[str, str]]:
     """The trials without a results row, each with why: `{"run_id", "reason"}`, reason "run dir gone" (deleted
     or never created) or "not finished"."""
     store, sweep = read_sweep(storage)
     out = []
-    for trial in sweep["trials"]:
+    for trial in _points(sweep):
         run_dir = store.run_dir(trial["run_id"])
         if not run_dir.is_done():
             out.append({"run_id": trial["run_id"], "reason": "not finished" if run_dir.path.is_dir() else "run dir gone"})
@@ -38,7 +59,8 @@ def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> 
     store, sweep = read_sweep(storage)
     root = store.root
     rows, missing = [], []
-    for trial in sweep["trials"]:
+    trunks = {t["run_id"]: t for t in sweep["trials"] if t.get("schedule") == "constant"}
+    for trial in _points(sweep):
         run_dir = store.run_dir(trial["run_id"])
         if not run_dir.is_done():
             missing.append(trial["run_id"])
@@ -49,7 +71,8 @@ def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> 
                 f"{run_dir.row}: trained on unit dataset {str(row.get('units_meta_hash'))[:12]}, but the sweep's is "
                 f"{sweep['units_meta_hash'][:12]}; expected every trial on the same units"
             )
-        row.update(run_id=trial["run_id"], sweep=sweep["grid"]["name"], budget=trial["budget"])
+        row.update(run_id=trial["run_id"], sweep=sweep["grid"]["name"], budget=trial["budget"],
+                   **_compute_columns(row, trial, trunks.get(trial.get("trunk") or "")))
         # Tokenizer layer and K complete the provenance (the hash identifies the tokenizer; these say what it is).
         if run_dir.run_info.is_file():
             info = run_dir.read_run_info()

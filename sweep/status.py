@@ -1,4 +1,5 @@
-"""`sweep status`: one line per trial — state, tokens done, loss, tokens/s, ETA — from files on the storage.
+"""`sweep status`: one line per trial — state, tokens done, loss, tokens/s, ETA — from files on the storage,
+and the compute spent so far against the plan (a WSD trunk counted once, a branch for its cooldown only).
 
 Sources, all plain JSON (nothing is unpickled, so status is safe on any storage and needs no Ray), named
 through sweep/storage.py:
@@ -105,6 +106,11 @@ def sweep_status(storage: str | os.PathLike) -> list[dict[str, Any]]:
                 eta_s=remaining / tps if tps and math.isfinite(tps) and tps > 0 and state != "ERROR" else math.nan,
                 last_report_age_s=now - float(m["time"]) if "time" in m else math.nan,
             )
+        # A branch starts at its trunk's branch point: only the tokens after it are this trial's spend.
+        start = int(trial.get("branch_tokens", 0))
+        row.update(schedule=trial.get("schedule", "cosine"), trunk=trial.get("trunk"),
+                   flops_planned=6.0 * trial["n_params"] * (target - start),
+                   flops_spent=6.0 * trial["n_params"] * max(0, min(row["tokens_done"], target) - start))
         rows.append(row)
     return rows
 
@@ -137,4 +143,8 @@ def render_status(rows: list[dict[str, Any]]) -> str:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     lines.append("-" * len(head))
     lines.append(", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) + f" of {len(rows)} trials")
+    spent, planned = sum(r["flops_spent"] for r in rows), sum(r["flops_planned"] for r in rows)
+    trunks = sum(r["schedule"] == "constant" for r in rows)
+    lines.append(f"compute spent {spent:.3g} of {planned:.3g} FLOPs planned"
+                 + (f" ({trunks} WSD trunk(s) counted once, branches for their cooldown)" if trunks else ""))
     return "\n".join(lines)

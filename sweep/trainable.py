@@ -8,7 +8,9 @@ small pointer checkpoint (the run dir and step), so Tune's own bookkeeping knows
 without copying gigabytes of optimizer state a second time.
 
 Into the run dir (next to the files of `models.train`) a trial writes attempt.json when it starts,
-sweep_evals.json after each evaluation and row.json at the end (`TrialDir` in sweep/storage.py).
+sweep_evals.json after each evaluation and row.json at the end (`TrialDir` in sweep/storage.py). A WSD trunk
+writes row.json too, as its done marker (`sweep results` gives it no row: it is no grid point); a WSD branch
+trains into its own run dir, starting from the trunk's checkpoint until it has checkpoints of its own.
 """
 from __future__ import annotations
 
@@ -28,10 +30,14 @@ from slmscale.sweep.storage import SweepStorage, TrialDir
 __all__ = ["run_trial", "train_config_for", "evaluate_run"]
 
 
-def train_config_for(trial: dict[str, Any], settings: dict[str, Any], run_dir: str | os.PathLike):
-    """The models.config.TrainConfig of one trial: grid point + the grid's shared `train` fields + resources.
+def train_config_for(trial: dict[str, Any], settings: dict[str, Any], run_dir: str | os.PathLike,
+                     trunk_dir: str | os.PathLike | None = None):
+    """The models.config.TrainConfig of one trial: grid point + the grid's shared `train` fields + resources,
+    and for WSD the trial's schedule: a trunk (constant LR, checkpoints kept at its branch points) or a branch
+    of the trunk in `trunk_dir`, with the trunk's warmup.
 
     `trial` is an entry of sweep.json's `trials`, `settings` its `settings`."""
+    from slmscale.errors import SlmscaleError
     from slmscale.models.config import TrainConfig
 
     res = settings["resources"][trial["model"]]
@@ -52,6 +58,14 @@ def train_config_for(trial: dict[str, Any], settings: dict[str, Any], run_dir: s
         # CPU training in the trainable: use exactly the CPUs Tune reserved, so concurrent trials don't fight.
         fields["threads"] = max(1, int(res["cpus_per_worker"]))
     fields.update(settings.get("train") or {})
+    schedule = trial.get("schedule", "cosine")
+    if schedule != "cosine":
+        fields.update(schedule=schedule, warmup_steps=int(trial["warmup_steps"]),
+                      keep_steps=tuple(trial.get("keep_steps") or ()))
+    if trial.get("trunk"):
+        if trunk_dir is None:
+            raise SlmscaleError(f"trial {trial['run_id']}: a WSD branch needs its trunk's run dir, expected trunk_dir")
+        fields["branch_from"] = os.fspath(trunk_dir)
     return TrainConfig(**{k: v for k, v in fields.items() if k in known})
 
 
@@ -103,11 +117,13 @@ def run_trial(config: dict[str, Any]) -> None:
     # The trial is its run directory's one writer (attempt, training, evaluations, row); `train` takes the same
     # lock again (re-entrant in this process). A trial whose previous attempt still runs somewhere is refused,
     # and Tune retries it later.
+    trunk_dir = storage.run_dir(trial["trunk"]) if trial.get("trunk") else None
     with exclusive_lock(run_dir.lock, what=f"trial {trial['run_id']} ({run_dir.path})"):
-        _run_trial_locked(trial, settings, run_dir)
+        _run_trial_locked(trial, settings, run_dir, trunk_dir)
 
 
-def _run_trial_locked(trial: dict[str, Any], settings: dict[str, Any], run_dir: TrialDir) -> None:
+def _run_trial_locked(trial: dict[str, Any], settings: dict[str, Any], run_dir: TrialDir,
+                      trunk_dir: TrialDir | None) -> None:
     if run_dir.is_done():  # finished in an earlier attempt (e.g. the driver died after the trial ended)
         _report_to_tune({**run_dir.read_row(), "done": True}, None)
         return
@@ -119,12 +135,12 @@ def _run_trial_locked(trial: dict[str, Any], settings: dict[str, Any], run_dir: 
         run_dir.attempt,
         {"attempt": int(previous.get("attempt", 0)) + 1, "host": socket.gethostname(), "pid": os.getpid(),
          "started": time.time(), "run_id": trial["run_id"],
-         "resumed_from_step": steps[-1] if steps else 0},
+         "resumed_from_step": steps[-1] if steps else int(trial.get("branch_step", 0))},
     )
 
     from slmscale.models.train import train
 
-    cfg = train_config_for(trial, settings, run_dir.path)
+    cfg = train_config_for(trial, settings, run_dir.path, trunk_dir=trunk_dir.path if trunk_dir else None)
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         _report_to_tune({**metrics, "run_id": trial["run_id"], "phase": "train"}, checkpoint_dir)
@@ -132,7 +148,7 @@ def _run_trial_locked(trial: dict[str, Any], settings: dict[str, Any], run_dir: 
     # With several workers, train() runs a Ray Train TorchTrainer whose controller forwards the workers'
     # reports to this Tune trial itself; our callback would run in the wrong process.
     row = dict(train(cfg, report=report if cfg.workers == 1 and not getattr(cfg, "use_ray", False) else None))
-    if settings.get("eval"):
+    if settings.get("eval") and trial.get("schedule") != "constant":  # a WSD trunk is no grid point: not scored
         row.update(evaluate_run(run_dir, list(settings["eval"])))
     row.setdefault("code_version", code_version())
     row["run_id"] = trial["run_id"]

@@ -256,7 +256,25 @@ def trial_table_section(report: Report, df: pd.DataFrame, metrics: Sequence[str]
     sec.text(f"{len(df)} runs, {df['n_params'].nunique()} model sizes, compute {fmt(df['flops'].min())} – "
              f"{fmt(df['flops'].max())} FLOPs, loss {fmt(df['loss'].min())} – {fmt(df['loss'].max())}."
              + (f" Showing the first {limit} by (N, D)." if len(df) > limit else ""))
+    spent = compute_spent(df)
+    if spent is not None and spent < float(df["flops"].sum()):  # a WSD sweep: branches share their trunks
+        sec.text(f"Compute actually spent on these points: {fmt(spent)} FLOPs (each WSD trunk counted once), against "
+                 f"{fmt(float(df['flops'].sum()))} for Σ 6ND of the points ({float(df['flops'].sum()) / spent:.3g}× "
+                 f"more would have been spent with one run per point).")
     sec.table(shown.head(limit))
+
+
+def compute_spent(df: pd.DataFrame) -> float | None:
+    """What a sweep really spent on the rows of `df` when they say so (sweep results' `spent_flops`, and
+    `trunk_flops` repeated on every branch of one `trunk`): each point's own run plus each distinct trunk once.
+    None for tables without those columns."""
+    if "spent_flops" not in df.columns:
+        return None
+    spent = float(pd.to_numeric(df["spent_flops"], errors="coerce").fillna(0).sum())
+    if {"trunk", "trunk_flops"} <= set(df.columns):
+        trunks = df.dropna(subset=["trunk"]).drop_duplicates("trunk")
+        spent += float(pd.to_numeric(trunks["trunk_flops"], errors="coerce").fillna(0).sum())
+    return spent
 
 
 def fit_section(report: Report, fit, boot=None, figures: Sequence[tuple[Path, str]] = ()) -> None:

@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from slmscale.analysis.params import ScalingParams
@@ -172,3 +173,21 @@ def test_audio_samples_are_copied_and_played(tmp_path):
                  samples=[(a / "story.wav", "a generated continuation")])
     md = (out / "report.md").read_text()
     assert "## Listen" in md and "a generated continuation" in md and len(list((out / "samples").iterdir())) == 1
+
+
+def test_report_states_the_compute_a_wsd_sweep_spent():
+    """Rows of a WSD sweep carry their own cooldown's FLOPs and their trunk's: each trunk counts once."""
+    from slmscale.analysis.report import Report, compute_spent, trial_table_section
+
+    n, trunk_tokens = 1e6, 8e5
+    rows = [{"n_params": n, "tokens": d, "unique_tokens": d, "epochs": 1.0, "flops": 6 * n * d, "loss": 3.0,
+             "trunk": "m-trunk-s0", "spent_flops": 6 * n * 0.2 * d, "trunk_flops": 6 * n * trunk_tokens}
+            for d in (2e5, 4e5, 1e6)]
+    df = pd.DataFrame(rows)
+    assert compute_spent(df) == pytest.approx(6 * n * (0.2 * 1.6e6 + trunk_tokens))
+    report = Report("t")
+    trial_table_section(report, df)
+    assert "Compute actually spent on these points: 6.720e+12" in report.to_markdown()
+    cosine = df.assign(trunk=None, spent_flops=df["flops"], trunk_flops=0.0)
+    assert compute_spent(cosine) == pytest.approx(df["flops"].sum())
+    assert compute_spent(df.drop(columns=["spent_flops"])) is None

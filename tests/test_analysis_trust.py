@@ -50,7 +50,6 @@ def scipy_huber_fit(n, d, loss, delta=1e-3):
     return ScalingParams(math.exp(e), math.exp(a), math.exp(b), alpha, beta)
 
 
-@pytest.mark.slow  # ~5 s of CPU: a CLI fit with holdout on 245 runs, then the scipy refit
 def test_chinchilla_holdout_json_agrees_with_an_independent_scipy_fit(chinchilla_csv, capsys):
     rc = main(["fit", "--results", str(chinchilla_csv), *CHINCHILLA_COLUMNS, "--exclude-highest-loss", "5",
                "--holdout-fraction", "0.2", "--grid", "coarse", "--bootstrap", "20", "--json"])

@@ -345,7 +345,10 @@ def _encode(cfg: EncodeConfig, address: str | None = None) -> UnitsMeta:
     vocab_size = probe.vocab_size
     del probe
     # seconds, where ray.init would wait minutes on a wrong address (ensure_ray checks it again, as every caller)
-    check_address(address) if address else check_address(os.environ.get("RAY_ADDRESS"), flag="$RAY_ADDRESS")
+    if address:
+        check_address(address)
+    else:
+        check_address(os.environ.get("RAY_ADDRESS"), flag="$RAY_ADDRESS")
     gpus_per_actor = cfg.gpus_per_actor
     actor_spec = TokenizerSpec(kind=spec.kind, model_dir=spec.model_dir, layer=spec.layer, kmeans=spec.kmeans,
                                device=None if (gpus_per_actor or 0) > 0 or gpus_per_actor is None else "cpu")

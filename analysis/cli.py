@@ -260,12 +260,14 @@ def cmd_downstream(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from slmscale.analysis.report import build_report
+    from slmscale.analysis.report import build_report, generated_samples
 
     df = _read(args)
+    samples = [s for folder in args.samples for s in generated_samples(folder)]  # checked before any fitting
     summary = build_report(df, args.out, results_path=args.results, fit_config=_fit_config(args),
                            n_boot=args.bootstrap, seed=args.seed, level=args.ci, budgets=args.budgets,
-                           metrics=args.metrics, progress=not args.json, holdout_fraction=args.holdout_fraction or None)
+                           metrics=args.metrics, progress=not args.json, holdout_fraction=args.holdout_fraction or None,
+                           samples=samples)
     print(f"wrote {summary['report_md']} and {summary['report_html']} with {len(summary['figures'])} figures")
     if args.json:
         _emit_json(summary)
@@ -374,6 +376,9 @@ def register(sub, formatter_class) -> None:
                    help="share of highest-compute runs held out in 'Can this law be trusted?' (0 = no holdout)")
     p.add_argument("--budgets", type=float, nargs="+", help="FLOP budgets for the N_opt/D_opt table (default: span of the table)")
     p.add_argument("--metrics", nargs="+", help="metric columns for downstream laws (default: sblimp_*, ssc, tsc present)")
+    p.add_argument("--samples", nargs="+", metavar="DIR", default=(),
+                   help="output folders of `slmscale generate ... --vocoder ...`: their WAVs are played in a 'Listen' "
+                        "section, captioned with the model and settings from each folder's samples.json")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     _add_columns(p)
     p.set_defaults(handler=cmd_report)

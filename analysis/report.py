@@ -264,6 +264,36 @@ def trial_table_section(report: Report, df: pd.DataFrame, metrics: Sequence[str]
     sec.table(shown.head(limit))
 
 
+def generated_samples(folder: str | Path) -> list[tuple[Path, str]]:
+    """(WAV, caption) of each sample in a `slmscale generate` output folder, read from its samples.json (the prompt's
+    resynthesis first), for a report's "Listen" section. Refuses a folder without samples.json or without WAVs
+    (generated with no --vocoder)."""
+    folder = Path(folder)
+    meta_file = folder / "samples.json"
+    if not meta_file.is_file():
+        raise SlmscaleError(f"--samples {folder}: no samples.json, expected an output folder of `slmscale generate`")
+    try:
+        meta = json.loads(meta_file.read_text())
+        prov, settings = meta["provenance"], meta["settings"]
+        prompt_wav, samples = meta["prompt"].get("wav"), meta["samples"]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise SlmscaleError(f"{meta_file}: not a samples.json of `slmscale generate` ({exc!r})") from None
+    if not prompt_wav or not all(s.get("wav") for s in samples):
+        raise SlmscaleError(f"--samples {folder}: the samples have no WAV files, expected `slmscale generate` run with "
+                            f"--vocoder")
+    who = f"{prov.get('run_id')} ({prov.get('model')}, step {prov.get('step')})"
+    how = f"temperature {settings.get('temperature')}, top-k {settings.get('top_k') or 'off'}, seed {settings.get('seed')}"
+    out = [(folder / prompt_wav, f"{who}: the prompt, resynthesised from its units by {settings.get('vocoder')}")]
+    for s in samples:
+        start = s.get("continuation_starts_s")
+        at = f" (continuation from {start:.2f} s)" if isinstance(start, (int, float)) else ""
+        out.append((folder / s["wav"], f"{who}: sample {s.get('index')}{at}, {how}"))
+    missing = [str(p) for p, _ in out if not p.is_file()]
+    if missing:
+        raise SlmscaleError(f"--samples {folder}: {missing[0]} is listed in samples.json but missing")
+    return out
+
+
 def compute_spent(df: pd.DataFrame) -> float | None:
     """What a sweep really spent on the rows of `df` when they say so (sweep results' `spent_flops`, and
     `trunk_flops` repeated on every branch of one `trunk`): each point's own run plus each distinct trunk once.

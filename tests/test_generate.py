@@ -111,6 +111,21 @@ def test_cli_generate_embedded_vocoder_wavs_match_units(run_frames, speech, cach
     assert len(prompt_wav) == n_prompt * HOP
     assert "2 sample(s) of 40 units" in capsys.readouterr().out
 
+    # `slmscale report --samples OUT` plays them (any results table: here a synthetic one).
+    from slmscale.analysis.params import ScalingParams
+    from slmscale.analysis.schema import write_results
+    from slmscale.analysis.synthetic import synthetic_results
+
+    table = write_results(synthetic_results(ScalingParams(1.7, 400.0, 400.0, 0.34, 0.28), sizes=(1e6, 1e7, 1e8),
+                                            ratios=(2, 20, 200), noise=0.0, seed=0), tmp_path / "results.csv")
+    assert main(["report", "--results", str(table), "-o", str(tmp_path / "report"), "--grid", "coarse",
+                 "--bootstrap", "0", "--holdout-fraction", "0", "--samples", str(out)]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert ">Listen" in page and page.count("<audio controls") == 3  # the prompt's resynthesis + 2 samples
+    assert f"{run_frames.name} (tiny-100K, step 8): sample 1 (continuation from" in page
+    assert main(["report", "--results", str(table), "-o", str(tmp_path / "r2"), "--samples", str(tmp_path)]) == 2
+    assert "no samples.json, expected an output folder of `slmscale generate`" in capsys.readouterr().err
+
 
 def test_generation_is_deterministic_for_a_seed(run_frames, tmp_path):
     units_file = tmp_path / "p.json"

@@ -11,9 +11,7 @@ import contextlib
 import html
 import json
 import math
-import os
 import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from slmscale.errors import SlmscaleError
-from slmscale.io import atomic_path, atomic_write_text, code_version, sha256_file
+from slmscale.io import atomic_folder, atomic_path, atomic_write_text, code_version, sha256_file
 
 __all__ = ["Report", "Section", "build_report", "fmt"]
 
@@ -214,33 +212,12 @@ def _check_replaceable(out_dir: Path) -> None:
 
 @contextlib.contextmanager
 def staged_folder(out_dir: str | Path) -> Iterator[Path]:
-    """Build a report in a fresh sibling folder and swap it in for `out_dir` whole when the block succeeds.
-
-    The old report stays in place until the new one is complete; if the block raises, the half-built folder
-    is removed and the old report is untouched (a failed report never leaves new figures beside old text).
-    """
-    out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging = out_dir.parent / f".{out_dir.name}.building-{tag}"
-    staging.mkdir()
-    try:
+    """Build a report in a fresh sibling folder and swap it in for `out_dir` whole when the block succeeds
+    (`slmscale.io.atomic_folder`): a failed report never leaves new figures beside old text. Refuses a folder
+    holding files a report does not write, since the swap would delete them."""
+    _check_replaceable(Path(out_dir))
+    with atomic_folder(out_dir) as staging:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = out_dir.parent / f".{out_dir.name}.old-{tag}"
-    if out_dir.exists():
-        out_dir.rename(old)
-    try:
-        staging.rename(out_dir)
-    except OSError:
-        if old.exists():
-            old.rename(out_dir)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +25,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "atomic_write_json",
+    "atomic_folder",
     "fsync_path",
     "json_safe",
     "read_json",
@@ -58,6 +61,37 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh hidden sibling folder to fill; when the block succeeds it replaces `path` whole.
+
+    An existing `path` stays in place until the new folder is complete and is removed only after the swap; if
+    the block raises, the half-built sibling is removed and `path` is untouched (readers never see a mix of
+    old and new files). Two renames, so a crash between them leaves `path` missing and the old folder beside
+    it as `.NAME.old-*`; nothing half-written is ever at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = path.parent / f".{path.name}.building-{tag}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = path.parent / f".{path.name}.old-{tag}"
+    if path.exists():
+        path.rename(old)
+    try:
+        staging.rename(path)
+    except OSError:
+        if old.exists():
+            old.rename(path)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def fsync_path(path: str | os.PathLike) -> None:

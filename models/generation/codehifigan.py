@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from slmscale.errors import SlmscaleError
-from slmscale.io import code_version, read_json
+from slmscale.io import atomic_folder, code_version, read_json
 
 __all__ = ["CodeHiFiGAN", "CodeHiFiGANVocoder", "load_codehifigan", "convert_checkpoint", "weights_sha256",
            "check_config", "WEIGHTS_FILE", "CONFIG_FILE", "LRELU_SLOPE"]
@@ -328,14 +326,9 @@ def convert_checkpoint(checkpoint: str | Path, config: str | Path, out_dir: str 
     state = obj.get("generator", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SlmscaleError(f"{checkpoint}: expected a state dict of tensors (or a dict with a 'generator' state dict)")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_FILE),
-              metadata={"converted_from": str(checkpoint.resolve()), "code_version": code_version()})
-    (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    load_codehifigan(tmp)  # the converted weights must load against the config before they replace anything
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_FILE),
+                  metadata={"converted_from": str(checkpoint.resolve()), "code_version": code_version()})
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        load_codehifigan(tmp)  # the converted weights must load against the config before they replace anything
     return out, weights_sha256(out)

@@ -23,7 +23,6 @@ tokenizer hash; `build_exemplar_vocoder` builds one from any audio (the demo use
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from slmscale.errors import SlmscaleError
-from slmscale.io import atomic_write_json, code_version, read_json, sha256_file
+from slmscale.io import atomic_folder, atomic_write_json, code_version, read_json, sha256_file
 
 __all__ = ["ExemplarVocoder", "build_exemplar_vocoder", "embedded_vocoder", "load_exemplar_vocoder", "griffin_lim",
            "EXEMPLAR_KIND", "EXEMPLAR_FILES"]
@@ -133,15 +132,10 @@ class ExemplarVocoder:
         from safetensors.numpy import save_file
 
         out = Path(out_dir)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({"log_magnitude": self.log_magnitude, "durations": self.mean_durations, "counts": self.counts},
-                  str(tmp / EXEMPLAR_FILES[1]))
-        atomic_write_json(tmp / EXEMPLAR_FILES[0], {**self.info, "kind": EXEMPLAR_KIND, "version": _VERSION})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        with atomic_folder(out) as tmp:
+            save_file({"log_magnitude": self.log_magnitude, "durations": self.mean_durations, "counts": self.counts},
+                      str(tmp / EXEMPLAR_FILES[1]))
+            atomic_write_json(tmp / EXEMPLAR_FILES[0], {**self.info, "kind": EXEMPLAR_KIND, "version": _VERSION})
         self.path = out
         return out
 

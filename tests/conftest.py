@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,14 @@ def ray_local():
 @pytest.fixture(scope="session")
 def chinchilla_csv() -> Path:
     return REPO / "analysis" / "data" / "chinchilla_epoch_svg_extracted.csv"
+
+
+def wait_for(condition, timeout: float, what: str):
+    """Poll `condition()` every 50 ms until it returns something truthy (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

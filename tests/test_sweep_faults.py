@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from slmscale.cli import main
+from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_TRAIN = {"context": 64, "tokens_per_update": 512, "eval_tokens": 2048, "test_tokens": 2048}
@@ -35,16 +35,6 @@ def write_grid(path: Path, **fields) -> Path:
            "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}, "max_failures": 2, **fields}
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

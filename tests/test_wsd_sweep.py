@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from slmscale.cli import main
+from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 GRIDS = REPO / "sweep" / "grids"
@@ -87,18 +88,6 @@ def _steps(run_dir: Path) -> list[int]:
     from slmscale.models.checkpoint import complete_steps
 
     return complete_steps(run_dir)
-
-
-def wait_for(condition, timeout: float, what: str):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.mark.ray

@@ -65,6 +65,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "branch_from": {"metavar": "TRUNK_DIR"},
     "keep_steps": {"metavar": "S,S,...", "type": _steps},
 }
+_INTERNAL = frozenset({"sync_to"})  # set by `train` itself (object-store runs), no flag
 GIVEN = "given_fields"  # namespace attribute: the TrainConfig fields set on the command line
 
 
@@ -92,6 +93,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     from slmscale.models.config import TrainConfig, field_type
 
     for name, info in TrainConfig.model_fields.items():
+        if name in _INTERNAL:
+            continue
         base, choices, _ = field_type(name)
         flags, extra = train_flags(name), _FLAGS.get(name, {})
         text = info.description.replace("%", "%%")

@@ -45,7 +45,9 @@ RESUME_MAY_CHANGE = frozenset(
      "attn_implementation", "peak_tflops", "threads", "progress", "report_every", "eval_every",
      "checkpoint_every", "keep_checkpoints", "cpus_per_worker", "max_failures", "data_cache",
      # Where the trunk lives (a moved sweep storage); what is loaded from it is checked by identity and checksums.
-     "branch_from"}
+     "branch_from",
+     # Where the run dir's store copy is (set with out_dir for object-store runs).
+     "sync_to"}
 )
 
 
@@ -78,11 +80,16 @@ class TrainConfig(TypedConfig):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     config_name: ClassVar[str] = "train config"
 
-    units_dir: PathStr = Field(min_length=1, description="unit dataset directory (tokenization/schema.py layout)")
+    units_dir: PathStr = Field(min_length=1, description="unit dataset directory (tokenization/schema.py layout), "
+                                                         "or its object-store URI (s3://..., staged once per node)")
     model: str = Field(description=f"ladder size (models/ladder.py): {' '.join(LADDER)}")
     tokens: int = Field(gt=0, description="token budget D (rounded down to whole updates; the exact count is "
                                           "recorded)")
-    out_dir: PathStr = Field(min_length=1, description="run directory (RUN_DIR) to create or continue")
+    out_dir: PathStr = Field(min_length=1, description="run directory (RUN_DIR) to create or continue, or its "
+                                                       "object-store URI (s3://...: trained in a node-local scratch "
+                                                       "copy, pushed at every checkpoint)")
+    sync_to: PathStr | None = Field(None, description="internal: the run dir's object-store URI when out_dir is its "
+                                                      "node-local scratch copy (set by train for -o s3://...)")
     unique_tokens: int | None = _count(None, "cap U on distinct training tokens: D/U epochs over them; "
                                              "None: all the training data")
     tokens_per_update: int | None = _count(None, "tokens per optimizer update, a multiple of the context; "

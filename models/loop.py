@@ -247,6 +247,10 @@ class _Worker:
         A WSD branch without a checkpoint of its own starts from its trunk's checkpoint of the cooldown's first
         update. Rank 0 also removes half-written checkpoints and the metrics.jsonl lines after the checkpoint."""
         start_step = 0
+        if self.cfg.sync_to and self.ctx.ray:  # a Ray Train worker, maybe on another node: bring the store's state
+            from slmscale.models.mirror import RunMirror
+
+            RunMirror(self.cfg.sync_to, self.run_dir.path).pull(self.identity)
         latest = ckpt_io.latest_checkpoint(self.run_dir.path)
         if latest is not None:
             loaded = ckpt_io.read_checkpoint(latest, self.identity)
@@ -384,6 +388,11 @@ class _Worker:
         path = ckpt_io.write_checkpoint(self.run_dir.path, step, self.unwrapped, model_state, optim_state,
                                         self.scheduler.state_dict(), trainer_state)
         ckpt_io.prune_checkpoints(self.run_dir.path, self.cfg.keep_checkpoints, protected=plan.keep_steps)
+        if self.cfg.sync_to:  # an object-store run: the checkpoint is on the store before anyone hears of it
+            from slmscale.models.mirror import RunMirror
+
+            keep = set(ckpt_io.complete_steps(self.run_dir.path)) | set(plan.keep_steps)
+            RunMirror(self.cfg.sync_to, self.run_dir.path).push_checkpoint(step, keep=keep)
         return str(path)
 
     def finish(self, last_val: float, tokens_per_s: float, session: _Session) -> dict | None:
@@ -430,6 +439,10 @@ class _Worker:
             "split_utterances": self.streams.utterances,
         }
         atomic_write_json(self.run_dir.final, json_safe(final))  # standard JSON: an unknown MFU is null, not NaN
+        if self.cfg.sync_to:
+            from slmscale.models.mirror import RunMirror
+
+            RunMirror(self.cfg.sync_to, self.run_dir.path).push_final()
         return final
 
 

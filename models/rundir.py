@@ -17,7 +17,6 @@ Files that a sweep adds to a run directory (row.json, attempt.json, ...) are des
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,22 @@ _STEP_PREFIX = "step-"
 class RunDir:
     """Paths of one training run directory. Cheap to build; touches the file system only when asked."""
 
-    path: Path
+    path: Path  # or a slmscale.objstore.StorePath: a run dir on object storage (read it; train into a scratch copy)
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        object.__setattr__(self, "path", Path(path))
+    def __init__(self, path) -> None:
+        from slmscale.objstore import location
+
+        object.__setattr__(self, "path", location(path))
 
     def __fspath__(self) -> str:
         return str(self.path)
+
+    @property
+    def on_store(self) -> bool:
+        """The run dir is on object storage (a `StorePath`), not a local/shared path."""
+        from slmscale.objstore import StorePath
+
+        return isinstance(self.path, StorePath)
 
     @property
     def lock(self) -> Path:

@@ -94,7 +94,7 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
         "tokenizer": _tokenizer_id(meta),
         "tokenizer_hash": meta.tokenizer_hash,
         "tokenizer_info": meta.tokenizer,
-        "units_dir": str(Path(cfg.units_dir).resolve()),
+        "units_dir": _units_source(cfg.units_dir),
         "units_meta_hash": units_hash,
         "units_vocab_size": meta.vocab_size,
         "eos_id": streams.eos_id,
@@ -110,6 +110,14 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
     if not rd.run_info.is_file():
         atomic_write_json(rd.run_info, info)
     return plan, info
+
+
+def _units_source(units_dir: str) -> str:
+    """Where the unit dataset came from: its object-store URI for a node-local staged copy (models/mirror.py)."""
+    marker = Path(units_dir) / ".staged.json"
+    if marker.is_file():
+        return str(json.loads(marker.read_text()).get("source") or units_dir)
+    return str(Path(units_dir).resolve())
 
 
 def results_row(cfg: TrainConfig, plan: RunPlan, info: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +147,7 @@ def results_row(cfg: TrainConfig, plan: RunPlan, info: dict[str, Any], final: di
         "wall_tokens_per_s": _number(final.get("wall_tokens_per_s")),  # with evaluations and checkpoints
         "wall_mfu": _number(final.get("wall_mfu")),
         "val_loss": _number(final.get("val_loss")),
-        "run_dir": str(Path(cfg.out_dir).resolve()),
+        "run_dir": cfg.sync_to or str(Path(cfg.out_dir).resolve()),  # an object-store run: its home on the store
     }
 
 
@@ -157,6 +165,10 @@ def train(cfg: TrainConfig, report: ReportFn | None = None, *, ray_callbacks: li
     (`ray.tune.integration.ray_train.TuneReportCallback`), and `ray_callbacks` adds further Train v2
     `UserCallback`s."""
     cfg.validate()
+    from slmscale.objstore import is_uri
+
+    if is_uri(cfg.out_dir) or is_uri(cfg.units_dir) or is_uri(cfg.branch_from):
+        return _train_via_store(cfg, report, ray_callbacks)
     rd = RunDir(cfg.out_dir)
     # One writer per run directory, taken before any check or write (two `train -o same` at once would
     # interleave metrics.jsonl and overwrite each other's config/run records).
@@ -173,8 +185,53 @@ def _train_locked(cfg: TrainConfig, rd: RunDir, report: ReportFn | None, ray_cal
             run_torch_trainer(cfg, plan, report=report, callbacks=ray_callbacks)
         else:
             run_worker(cfg.to_dict(), plan.to_dict(), WorkerContext(device=_local_device(cfg), report=report))
+    if cfg.sync_to and not rd.is_finished():  # rank 0 ran on another node: its final model is on the store
+        from slmscale.models.mirror import RunMirror
+
+        RunMirror(cfg.sync_to, rd.path).pull()
     row = results_row(cfg, plan, rd.read_run_info(), rd.read_final())
     write_results(pd.DataFrame([row]), rd.results)
+    return row
+
+
+def _train_via_store(cfg: TrainConfig, report: ReportFn | None, ray_callbacks: list | None) -> dict[str, Any]:
+    """`train` with object-store paths (models/mirror.py): the units staged on this node, the trunk's branch point
+    pulled, and a run dir on the store trained in its node-local scratch copy (pulled first; the workers push
+    every checkpoint and the final model). Returns the row with the store's run dir."""
+    from slmscale.models.checkpoint import complete_steps
+    from slmscale.models.mirror import RunMirror, scratch_run_dir, stage_units
+    from slmscale.objstore import is_uri, location
+
+    updates: dict[str, Any] = {}
+    if is_uri(cfg.units_dir):
+        updates["units_dir"] = str(stage_units(cfg.units_dir))
+    vocab = read_meta(updates.get("units_dir", cfg.units_dir)).vocab_size
+    plan = make_plan(cfg, vocab)
+    identity = {"model": cfg.model, "n_params": plan.n_params, "vocab_size": plan.vocab_size, "context": plan.context}
+    if is_uri(cfg.branch_from):
+        trunk = location(cfg.branch_from)
+        local_trunk = scratch_run_dir(trunk, kind="trunks")
+        step = int(plan.cooldown_start)
+        if step not in complete_steps(local_trunk):
+            if step not in complete_steps(trunk):
+                raise SlmscaleError(f"{trunk}: the trunk has no checkpoint of step {step} (yet); expected the trunk to "
+                                    f"have trained past its branch point {step} with keep_steps including it")
+            RunMirror(trunk, local_trunk).pull_checkpoint(step, identity)
+        updates["branch_from"] = str(local_trunk)
+    mirror = None
+    if is_uri(cfg.out_dir):
+        store = location(cfg.out_dir)
+        local = scratch_run_dir(store)
+        updates.update(out_dir=str(local), sync_to=str(store))
+        mirror = RunMirror(store, local)
+    local_cfg = TrainConfig(**{**cfg.to_dict(), **updates})
+    if mirror is None:
+        return train(local_cfg, report, ray_callbacks=ray_callbacks)
+    rd = RunDir(local_cfg.out_dir)
+    with locked_folder(rd.path, rd.lock.name, what=f"run directory {rd.path} (scratch copy of {mirror.remote.path})"):
+        mirror.pull(identity)
+        row = _train_locked(local_cfg, rd, report, ray_callbacks)
+        mirror.push_final()  # (rank 0 pushed model/ and final.json already; this adds results.parquet)
     return row
 
 

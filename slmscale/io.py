@@ -119,18 +119,30 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+def atomic_write_text(path, text: str):
+    """Write `text` to a local path (temp file + fsync + rename) or to an object store (`StorePath`: one PUT,
+    which readers see whole or not at all). Returns the path."""
+    if _is_store_path(path):
+        path.write_text(text)
+        return path
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
+def atomic_write_json(path, obj: Any, indent: int = 2):
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n")
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    path = Path(path)
+def _is_store_path(path: Any) -> bool:
+    from slmscale.objstore import StorePath
+
+    return isinstance(path, StorePath)
+
+
+def read_json(path, what: str = "JSON file") -> Any:
+    """A JSON file on a local path or an object store (`StorePath`), with errors naming `what` and where."""
+    path = path if _is_store_path(path) else Path(path)
     if not path.is_file():
         raise SlmscaleError(f"{what} not found: {path}")
     try:

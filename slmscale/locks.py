@@ -25,7 +25,7 @@ from pathlib import Path
 
 from slmscale.errors import SlmscaleError
 
-__all__ = ["exclusive_lock", "locked_folder", "LockHeld"]
+__all__ = ["exclusive_lock", "locked_folder", "store_lease", "LockHeld"]
 
 
 class LockHeld(SlmscaleError):
@@ -47,9 +47,10 @@ _HELD: dict[Path, int] = {}
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_file: str | os.PathLike, what: str) -> Iterator[Path]:
+def exclusive_lock(lock_file: str | os.PathLike, what: str, wait: float = 0.0) -> Iterator[Path]:
     """Hold an exclusive lock on `lock_file` (created if needed) for the `with` block; raise `LockHeld` naming
-    `what` and the holder at once if another live process holds it (never waits). Re-entrant within a process."""
+    `what` and the holder if another live process holds it, at once or after waiting up to `wait` seconds
+    (e.g. for another trial staging the same dataset on this node). Re-entrant within a process."""
     lock_file = Path(lock_file).resolve()
     if lock_file in _HELD:
         _HELD[lock_file] += 1
@@ -61,13 +62,19 @@ def exclusive_lock(lock_file: str | os.PathLike, what: str) -> Iterator[Path]:
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockHeld(
-                f"{what} is in use by {_holder(lock_file)}; expected no other writer (wait for it to finish, or stop "
-                f"it: a stopped or killed holder releases {lock_file} at once)"
-            ) from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise LockHeld(
+                    f"{what} is in use by {_holder(lock_file)}; expected no other writer (wait for it to finish, or "
+                    f"stop it: a stopped or killed holder releases {lock_file} at once)"
+                ) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                 "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
         os.ftruncate(fd, 0)
@@ -97,3 +104,63 @@ def locked_folder(folder: str | os.PathLike, lock_name: str, what: str) -> Itera
                 (folder / lock_name).unlink()
                 folder.rmdir()
         raise
+
+
+@contextlib.contextmanager
+def store_lease(lease, what: str, ttl: float = 60.0, settle: float = 2.0) -> Iterator[object]:
+    """One holder of an object-store prefix (a sweep storage at s3://...), where there is no flock: a lease
+    object naming its holder and an expiry, renewed every ttl/4 s by a thread while the block runs.
+
+    Taking it: a live lease of someone else refuses at once (`LockHeld`, naming the holder); otherwise ours is
+    written, and read back after `settle` s: S3 and GCS are strongly read-after-write consistent, so of two
+    takers in the same instant both read the same last writer and the other one backs off. A killed holder's
+    lease expires `ttl` s after its last renewal (clocks of the hosts are assumed to agree within seconds).
+    `lease` is a `slmscale.objstore.StorePath`."""
+    import threading
+    import uuid
+
+    def read() -> dict:
+        try:
+            return json.loads(lease.read_text())
+        except (OSError, FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def holder(info: dict) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
+        return f"pid {info.get('pid')} on {info.get('host')} since {started} ({info.get('command', '?')})"
+
+    current = read()
+    if current and current.get("expires", 0) > time.time():
+        raise LockHeld(f"{what} is in use by {holder(current)} (lease {lease}, renewed until "
+                       f"{time.strftime('%H:%M:%S', time.localtime(current['expires']))}); expected no other driver "
+                       f"(wait for it to finish, or stop it: a killed driver's lease expires within {ttl:.0f} s)")
+    token = uuid.uuid4().hex
+    info = {"token": token, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
+
+    def write() -> None:
+        lease.write_text(json.dumps({**info, "expires": time.time() + ttl}))
+
+    write()
+    time.sleep(settle)
+    if read().get("token") != token:
+        raise LockHeld(f"{what}: another driver took the lease at the same moment ({holder(read())}); expected one "
+                       f"driver per storage")
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(ttl / 4):
+            with contextlib.suppress(Exception):
+                if read().get("token") in (token, None):
+                    write()
+
+    thread = threading.Thread(target=renew, name="slmscale-lease", daemon=True)
+    thread.start()
+    try:
+        yield lease
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            if read().get("token") == token:
+                lease.unlink(missing_ok=True)

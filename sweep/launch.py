@@ -32,27 +32,38 @@ def _record_driver(storage: SweepStorage) -> None:
     atomic_write_json(storage.driver_file, {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
 
 
-def _units_info(units: str) -> tuple[str, int, str]:
+def _units_info(units: str) -> tuple[str, Path, int, str]:
+    """(the units as the trials will get them, a local copy to check here, K, meta hash). A URI stays a URI for
+    the trials (each node stages it once, models/mirror.py) and is staged on this node for the checks."""
+    from slmscale.objstore import check_store, is_uri
     from slmscale.tokenization.schema import meta_hash, read_meta, shard_paths
 
-    path = Path(units).expanduser().resolve()
+    if is_uri(units):
+        from slmscale.models.mirror import stage_units
+
+        check_store(units, what="--units")
+        path = stage_units(units)
+        name = units.rstrip("/")
+    else:
+        path = Path(units).expanduser().resolve()
+        name = str(path)
     meta = read_meta(path)
     if not shard_paths(path):
-        raise SlmscaleError(f"{path}: no shard-*.parquet files — the unit dataset is empty")
-    return str(path), meta.vocab_size, meta_hash(path)
+        raise SlmscaleError(f"{name}: no shard-*.parquet files — the unit dataset is empty")
+    return name, path, meta.vocab_size, meta_hash(path)
 
 
-def _tune_config(spec: GridSpec, storage: SweepStorage, sweep: dict[str, Any]):
-    """One Tune trial per run_id of sweep.json, each suggested once it is ready (a WSD branch: once its trunk's
-    checkpoint exists). The config stays tiny (Tune prints and snapshots it): {"run_id", "sweep_file"}; the
-    trainable reads its trial and the launch settings from sweep.json on the shared storage."""
+def _tune_config(spec: GridSpec, storage: SweepStorage, sweep: dict[str, Any], done: tuple[str, ...] = ()):
+    """One Tune trial per run_id of sweep.json (but those in `done`), each suggested once it is ready (a WSD
+    branch: once its trunk's checkpoint exists). The config stays tiny (Tune prints and snapshots it):
+    {"run_id", "sweep_file"}; the trainable reads its trial and the launch settings from sweep.json on the storage."""
     from ray import tune
 
     from slmscale.sweep.searcher import ReadyTrials
 
     return tune.TuneConfig(
-        search_alg=ReadyTrials(str(storage.sweep_file)),
-        num_samples=len(sweep["trials"]),
+        search_alg=ReadyTrials(str(storage.sweep_file), done=done),
+        num_samples=len(sweep["trials"]) - len(done),
         max_concurrent_trials=spec.max_concurrent,
         # A trial process imports torch + transformers (seconds); reusing it for the next trial of the
         # same shape removes that per-trial cost. Fault tolerance is unaffected: a dead actor is replaced.
@@ -73,20 +84,32 @@ def _trainable(spec: GridSpec, sweep: dict[str, Any]):
     return tune.with_resources(run_trial, lambda config: per_model[model_of[config["run_id"]]])
 
 
-def _run_config(storage: SweepStorage, spec: GridSpec, verbose: int):
+def _tune_storage(tune_dir) -> dict[str, Any]:
+    """RunConfig/Tuner.restore arguments that put Tune's experiment at `tune_dir`: a local path, or on object
+    storage Ray's own persistence through our pyarrow filesystem (the endpoint, timeouts and retries of
+    slmscale/objstore.py)."""
+    from slmscale.objstore import StorePath
+
+    if isinstance(tune_dir, StorePath):
+        return {"storage_path": tune_dir.parent.path, "storage_filesystem": tune_dir.fs}
+    return {"storage_path": str(tune_dir.parent)}
+
+
+def _run_config(storage: SweepStorage, spec: GridSpec, verbose: int, tune_dir=None):
     from ray import tune
 
     from slmscale.sweep.callbacks import WriteResultsOnComplete
 
+    tune_dir = tune_dir or storage.tune_dir
     return tune.RunConfig(
-        name=storage.tune_dir.name,
-        storage_path=str(storage.tune_dir.parent),
+        name=tune_dir.name,
+        **_tune_storage(tune_dir),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         # Keep every (pointer) checkpoint: they are a few bytes each, and with num_to_keep Tune deletes old ones
         # before its next state snapshot, so a driver killed in between leaves a state that names a deleted
         # checkpoint and `Tuner.restore` cannot resume that trial. The real checkpoints are in the run dir.
         checkpoint_config=tune.CheckpointConfig(),
-        callbacks=[WriteResultsOnComplete(storage.root)],
+        callbacks=[WriteResultsOnComplete(str(storage.root))],
         verbose=verbose,
     )
 
@@ -105,7 +128,8 @@ def trial_settings(spec: GridSpec, storage: SweepStorage) -> dict[str, Any]:
     }
 
 
-def _check_train_configs(spec: GridSpec, trials: list[Trial], storage: SweepStorage, n_units: int) -> None:
+def _check_train_configs(spec: GridSpec, trials: list[Trial], storage: SweepStorage, n_units: int,
+                         local_units: Path) -> None:
     """Build and validate every trial's TrainConfig and exact schedule now, so a budget smaller than one update
     or a bad `train` value fails before launch, naming the trial, instead of as N errored trials later."""
     from slmscale.models.config import make_plan as make_train_plan
@@ -123,7 +147,7 @@ def _check_train_configs(spec: GridSpec, trials: list[Trial], storage: SweepStor
             raise SlmscaleError(f"{spec.source}: trial {trial.run_id}: {exc}") from None
         split_fractions.add((cfg.val_fraction, cfg.test_fraction))
     for val_fraction, test_fraction in sorted(split_fractions):  # every trial needs non-empty val/test splits
-        check_splits(spec.units, val_fraction, test_fraction)
+        check_splits(local_units, val_fraction, test_fraction)
 
 
 def _check_storage_shared(root: Path) -> None:
@@ -155,10 +179,52 @@ def _check_storage_shared(root: Path) -> None:
         )
 
 
+def _check_store_visible(root) -> None:
+    """Every alive node must reach the object store with its own endpoint and credentials: one zero-CPU task
+    pinned to each node reads a probe object written here."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = root / f".probe-{uuid.uuid4().hex}"
+    probe.write_text("slmscale storage probe\n")
+    try:
+        @ray.remote(num_cpus=0)
+        def reachable(uri: str) -> str | None:
+            try:
+                from slmscale.objstore import StorePath
+
+                return None if StorePath(uri).is_file() else "the probe object is not visible"
+            except Exception as exc:  # noqa: BLE001 - reported with the node
+                return str(exc).splitlines()[0][:300]
+
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        refs = [reachable.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            str(probe)) for n in nodes]
+        blind = [f"{n.get('NodeManagerAddress')}: {why}" for n, why in zip(nodes, ray.get(refs, timeout=120)) if why]
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise SlmscaleError(f"--storage {root}: not reachable from node(s) {blind}; expected every node to have the "
+                            f"store's endpoint (AWS_ENDPOINT_URL) and credentials (instance profile or AWS_*)")
+
+
 def _check_cluster(spec: GridSpec, trials: list[Trial], cluster_config: str | None) -> None:
     from slmscale.sweep.resources import autoscaler_nodes, check_fits, live_nodes
 
     check_fits(spec, trials, live_nodes() + autoscaler_nodes(cluster_config))
+
+
+def _driver_lock(store: SweepStorage):
+    """One driver per storage: a flock on STORAGE/.lock (slmscale/locks.py), or on object storage a renewed lease
+    object STORAGE/.lock.json. A refused launch leaves no storage folder behind (locked_folder)."""
+    from slmscale.locks import store_lease
+
+    what = f"sweep storage {store.root}"
+    if store.on_store:
+        return store_lease(store.root / f"{store.lock.name}.json", what=what)
+    return locked_folder(store.root, store.lock.name, what=what)
 
 
 def _finish(grid, storage: SweepStorage) -> dict[str, Any]:
@@ -198,9 +264,13 @@ def launch(
     every trial's training schedule, that the storage is new and visible on every node, the cluster address,
     and that every trial fits the cluster's resources."""
     store = SweepStorage.at(storage)
+    if store.on_store:  # credentials, endpoint and bucket, in seconds, before anything else
+        from slmscale.objstore import check_store
+
+        check_store(str(store.root))
     # One driver per storage, taken before the "already holds a sweep" check: two launches into one --storage
     # a second apart would both pass it, and the loser's sweep.json would break the winner's sweep for good.
-    with locked_folder(store.root, store.lock.name, what=f"sweep storage {store.root}"):
+    with _driver_lock(store):
         return _launch_locked(spec, store, units=units, address=address, max_concurrent=max_concurrent,
                               cluster_config=cluster_config, verbose=verbose)
 
@@ -216,27 +286,32 @@ def _launch_locked(spec: GridSpec, store: SweepStorage, *, units: str | None, ad
     units = units or spec.units
     if not units:
         raise SlmscaleError(f"{spec.source}: field 'units' is not set; pass --units DIR")
-    units, n_units, units_hash = _units_info(units)
+    units, local_units, n_units, units_hash = _units_info(units)
+    from slmscale.objstore import is_uri
+
     for i, entry in enumerate(spec.eval):
         for key in ("benchmark", "units"):
             value = getattr(entry, key)
-            if value and not value.startswith("embedded:") and not Path(value).expanduser().exists():
+            if value and not value.startswith("embedded:") and not is_uri(value) and not Path(value).expanduser().exists():
                 raise SlmscaleError(f"{spec.source}: field 'eval[{i}].{key}': {value} does not exist")
     spec = with_changes(spec, units=units, max_concurrent=max_concurrent or spec.max_concurrent)
-    plan = make_plan(spec, units)
+    plan = make_plan(spec, str(local_units))
     # Refuse a grid whose train overrides TrainConfig cannot take, before any Ray work.
     from slmscale.models.config import TrainConfig
 
     unknown = sorted(set(spec.train) - TrainConfig.field_names())
     if unknown:
         raise SlmscaleError(f"{spec.source}: field 'train' has unknown TrainConfig field(s) {unknown}")
-    _check_train_configs(spec, plan.trials, store, n_units)
+    _check_train_configs(spec, plan.trials, store, n_units, local_units)
 
     check_address(address)  # before the storage checks and Ray: a wrong --address is an error in seconds
     ensure_ray(address)
     _check_cluster(spec, plan.trials, cluster_config)
 
-    _check_storage_shared(root)  # (a refused launch leaves no storage folder behind: see locked_folder)
+    if store.on_store:
+        _check_store_visible(root)
+    else:
+        _check_storage_shared(root)  # (a refused launch leaves no storage folder behind: see locked_folder)
     sweep = {
         "schema_version": 1,
         "grid": spec.to_dict(),
@@ -263,14 +338,15 @@ def _quiet_tune() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def _fit(spec: GridSpec, storage: SweepStorage, sweep: dict[str, Any], verbose: int) -> dict[str, Any]:
+def _fit(spec: GridSpec, storage: SweepStorage, sweep: dict[str, Any], verbose: int, *, tune_dir=None,
+         done: tuple[str, ...] = ()) -> dict[str, Any]:
     from ray import tune
 
     _quiet_tune()
     tuner = tune.Tuner(
         _trainable(spec, sweep),
-        tune_config=_tune_config(spec, storage, sweep),
-        run_config=_run_config(storage, spec, verbose),
+        tune_config=_tune_config(spec, storage, sweep, done),
+        run_config=_run_config(storage, spec, verbose, tune_dir),
     )
     return _finish(tuner.fit(), storage)
 
@@ -313,7 +389,19 @@ def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: i
     Tune's state is restored only when `check_tune_state_trusted` passes, or with `trust_tune_state`."""
     from slmscale.ray_utils import ensure_ray
 
-    store, sweep = read_sweep(storage)
+    store = SweepStorage.at(storage)
+    if store.on_store:
+        from slmscale.objstore import check_store
+
+        check_store(str(store.root))
+    store, sweep = read_sweep(store)
+    if store.on_store:
+        with _driver_lock(store):
+            check_address(address)
+            _record_driver(store)
+            ensure_ray(address)
+            return _resume_from_run_dirs(grid_from_dict(sweep["grid"], source=str(store.sweep_file)), store, sweep,
+                                         verbose)
     with exclusive_lock(store.lock, what=f"sweep storage {store.root}"):
         spec = grid_from_dict(sweep["grid"], source=str(store.sweep_file))
         tune_dir = store.tune_dir
@@ -325,6 +413,16 @@ def resume(storage: str | os.PathLike, *, address: str | None = None, verbose: i
         _record_driver(store)
         ensure_ray(address)
         return _resume_locked(spec, store, sweep, verbose)
+
+
+def _resume_from_run_dirs(spec: GridSpec, store: SweepStorage, sweep: dict[str, Any], verbose: int) -> dict[str, Any]:
+    """Resume an object-store sweep without unpickling anything from the store: a new Tune experiment
+    (`tune-N`) over the trials that have no row.json yet, each continuing from its run dir's newest checkpoint.
+    Tuner.restore would unpickle Tune's state, which anyone who can write the bucket could have replaced."""
+    done = tuple(t["run_id"] for t in sweep["trials"] if store.run_dir(t["run_id"]).is_done())
+    if len(done) == len(sweep["trials"]):
+        return _finish([], store)
+    return _fit(spec, store, sweep, verbose, tune_dir=store.next_tune_dir(), done=done)
 
 
 def _resume_locked(spec: GridSpec, store: SweepStorage, sweep: dict[str, Any], verbose: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from slmscale.analysis.schema import validate_results, write_results
 from slmscale.errors import SlmscaleError
+from slmscale.objstore import StorePath, location
 from slmscale.sweep.storage import read_sweep
 
 __all__ = ["sweep_results", "write_sweep_results", "missing_trials"]
@@ -95,4 +96,14 @@ def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> 
 def write_sweep_results(storage: str | os.PathLike, out: str | os.PathLike | None = None, *, allow_partial: bool = True) -> Path:
     """Write the results table (Parquet or CSV by extension; default STORAGE/results.parquet) atomically."""
     store, _ = read_sweep(storage)
-    return write_results(sweep_results(store.root, allow_partial=allow_partial), Path(out) if out else store.results)
+    table = sweep_results(store, allow_partial=allow_partial)
+    target = location(out) if out else store.results
+    if not isinstance(target, StorePath):
+        return write_results(table, target)
+    import tempfile
+
+    from slmscale.objstore import upload
+
+    with tempfile.TemporaryDirectory(prefix="slmscale-results-") as tmp:  # written and checked here, then one PUT
+        upload(write_results(table, Path(tmp) / target.name), target)
+    return target

@@ -27,10 +27,10 @@ __all__ = ["ReadyTrials"]
 class ReadyTrials(Searcher):
     """Suggests `{"run_id", "sweep_file"}` for each trial of STORAGE/sweep.json once it is ready to start."""
 
-    def __init__(self, sweep_file: str):
+    def __init__(self, sweep_file: str, done: tuple[str, ...] = ()):
         super().__init__()
         self.sweep_file = str(sweep_file)
-        self.suggested: list[str] = []  # run_ids, in the order Tune got them
+        self.suggested: list[str] = list(done)  # run_ids, in the order Tune got them (`done`: finished before)
         self.run_id_of: dict[str, str] = {}  # Tune trial_id -> run_id
         self.failed_trunks: set[str] = set()
         self._trials: list[dict[str, Any]] | None = None  # sweep.json's, read once

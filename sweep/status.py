@@ -54,7 +54,7 @@ def _last_metrics(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     last, val = {}, None
-    with open(path) as f:
+    with path.open() as f:  # (a Path, or a StorePath on object storage)
         for line in f:
             try:
                 m = json.loads(line)

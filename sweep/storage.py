@@ -6,7 +6,7 @@
       .lock              held by the one live driver (slmscale/locks.py): a second launch/resume is refused
       driver.json        host and pid of the last driver (for `sweep status`)
       runs/<run_id>/     one training run dir per trial: the layout of models.rundir.RunDir, plus
-          attempt.json       host, pid, attempt number, start time, resumed_from_step of the newest attempt
+          attempt.json       host, pid, Ray node id, attempt number, start time, resumed_from_step of the newest attempt
           sweep_evals.json   metrics of each finished evaluation, keyed by the grid's eval entry, so a
                              restarted trial skips the evaluations already done
           eval/<name>.json   the full result of each evaluation (written by models.evaluation)
@@ -29,6 +29,7 @@ from typing import Any
 from slmscale.errors import SlmscaleError
 from slmscale.io import read_json
 from slmscale.models.rundir import RunDir
+from slmscale.objstore import StorePath, is_uri, location
 
 __all__ = ["SweepStorage", "TrialDir", "resolve_storage", "read_sweep"]
 
@@ -40,19 +41,16 @@ RUNS_DIR = "runs"
 RESULTS_FILE = "results.parquet"
 
 
-def resolve_storage(storage: str | os.PathLike) -> Path:
-    """An absolute local/shared-filesystem path (spaces are fine). URIs are refused with the reason."""
+def resolve_storage(storage) -> Path | StorePath:
+    """An absolute local/shared-filesystem path (spaces are fine), or a `StorePath` for an object-store URI
+    (s3://bucket/prefix, gs://..., whatever pyarrow's filesystem layer resolves)."""
+    if isinstance(storage, StorePath):
+        return storage
     text = os.fspath(storage)
     if not text.strip():
         raise SlmscaleError("--storage: empty path")
-    if "://" in text and not text.startswith("file://"):
-        raise SlmscaleError(
-            f"--storage {text!r}: object-store URIs are not supported yet; run dirs and checkpoints must live on a "
-            f"filesystem every node mounts at the same path (e.g. EFS/NFS at /shared, see cluster.yaml)"
-        )
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    return Path(text).expanduser().resolve()
+    where = location(text.rstrip("/") if is_uri(text) else text)
+    return where if isinstance(where, StorePath) else where.resolve()
 
 
 class TrialDir(RunDir):
@@ -96,10 +94,15 @@ class SweepStorage:
 
     `SweepStorage(path)` takes the path as given; `SweepStorage.at(storage)` resolves user input (--storage)."""
 
-    root: Path
+    root: Path  # or a StorePath: the storage is on object storage
 
-    def __init__(self, root: str | os.PathLike) -> None:
-        object.__setattr__(self, "root", Path(root))
+    def __init__(self, root) -> None:
+        object.__setattr__(self, "root", location(root))
+
+    @property
+    def on_store(self) -> bool:
+        """The storage is on object storage (s3://, gs://, ...), not a local/shared path."""
+        return isinstance(self.root, StorePath)
 
     def __fspath__(self) -> str:
         return str(self.root)
@@ -109,8 +112,8 @@ class SweepStorage:
         return cls(resolve_storage(storage))
 
     @classmethod
-    def of_sweep_file(cls, sweep_file: str | os.PathLike) -> SweepStorage:
-        return cls(Path(sweep_file).parent)
+    def of_sweep_file(cls, sweep_file) -> SweepStorage:
+        return cls(location(sweep_file).parent)
 
     @property
     def sweep_file(self) -> Path:
@@ -127,8 +130,21 @@ class SweepStorage:
 
     @property
     def tune_dir(self) -> Path:
-        """Ray Tune's experiment folder; its name is the Tune run's name."""
-        return self.root / TUNE_DIR
+        """Ray Tune's experiment folder of the newest driver; its name is the Tune run's name. On object storage
+        each `sweep resume` starts a new experiment (`tune-2`, `tune-3`, ...: see sweep/launch.py)."""
+        if not self.on_store:
+            return self.root / TUNE_DIR
+        names = [p.name for p in self.root.glob(f"{TUNE_DIR}*")]
+        numbers = [int(n[len(TUNE_DIR) + 1:]) for n in names if n.startswith(f"{TUNE_DIR}-") and n[len(TUNE_DIR) + 1:].isdigit()]
+        return self.root / (f"{TUNE_DIR}-{max(numbers)}" if numbers else TUNE_DIR)
+
+    def next_tune_dir(self) -> Path:
+        """The experiment folder a new driver of an object-store sweep uses (`tune`, then `tune-2`, ...)."""
+        current = self.tune_dir
+        if not current.exists():
+            return current
+        n = int(current.name[len(TUNE_DIR) + 1:]) if current.name != TUNE_DIR else 1
+        return self.root / f"{TUNE_DIR}-{n + 1}"
 
     @property
     def runs_dir(self) -> Path:
@@ -145,6 +161,11 @@ class SweepStorage:
 
     def read_sweep(self) -> dict[str, Any]:
         """sweep.json, refusing a directory that slmscale did not create."""
+        if self.on_store:
+            if not self.sweep_file.is_file():
+                raise SlmscaleError(f"{self.root}: no {SWEEP_FILE} — not a sweep storage written by "
+                                    f"`slmscale sweep launch` (or the bucket/prefix is wrong)")
+            return read_json(self.sweep_file, what="sweep file")
         if not self.root.is_dir():
             raise SlmscaleError(f"sweep storage not found: {self.root}")
         if not self.sweep_file.is_file():
@@ -156,7 +177,9 @@ class SweepStorage:
         return TrialDir(self.runs_dir / run_id)
 
 
-def read_sweep(storage: str | os.PathLike) -> tuple[SweepStorage, dict[str, Any]]:
-    """(the storage, its sweep.json) for user input naming a sweep folder."""
+def read_sweep(storage) -> tuple[SweepStorage, dict[str, Any]]:
+    """(the storage, its sweep.json) for user input naming a sweep folder or object-store prefix."""
+    if isinstance(storage, SweepStorage):
+        return storage, storage.read_sweep()
     store = SweepStorage.at(storage)
     return store, store.read_sweep()

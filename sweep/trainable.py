@@ -45,7 +45,7 @@ def train_config_for(trial: dict[str, Any], settings: dict[str, Any], run_dir: s
         units_dir=settings["units"],
         model=trial["model"],
         tokens=int(trial["tokens"]),
-        out_dir=os.fspath(run_dir),
+        out_dir=str(run_dir),  # a path, or an object-store URI (train then works in a node-local scratch copy)
         unique_tokens=trial["unique_tokens"],
         seed=int(trial["seed"]),
         workers=int(res["workers"]),
@@ -65,7 +65,7 @@ def train_config_for(trial: dict[str, Any], settings: dict[str, Any], run_dir: s
     if trial.get("trunk"):
         if trunk_dir is None:
             raise SlmscaleError(f"trial {trial['run_id']}: a WSD branch needs its trunk's run dir, expected trunk_dir")
-        fields["branch_from"] = os.fspath(trunk_dir)
+        fields["branch_from"] = str(trunk_dir)
     return TrainConfig(**{k: v for k, v in fields.items() if k in known})
 
 
@@ -77,13 +77,24 @@ def evaluate_run(run_dir: TrialDir, evals: list[dict[str, str]]) -> dict[str, fl
     evaluations skips them."""
     index = run_dir.read_eval_index()
     metrics: dict[str, float] = {}
+    local = run_dir.path
+    if run_dir.on_store and any(json.dumps(e, sort_keys=True) not in index for e in evals):
+        from slmscale.models.mirror import local_run_dir, scratch_run_dir
+        from slmscale.models.rundir import RunDir
+
+        trained_here = scratch_run_dir(run_dir.path)  # the scratch copy `train` just finished, else a fresh pull
+        local = trained_here if RunDir(trained_here).is_finished() else local_run_dir(run_dir.path)
     for entry in evals:
         key = json.dumps(entry, sort_keys=True)
         if key not in index:
             from slmscale.models.evaluation import evaluate
 
-            result = evaluate(str(run_dir.path), entry["benchmark"], units_dir=entry.get("units"),
+            result = evaluate(str(local), entry["benchmark"], units_dir=entry.get("units"),
                               task=entry.get("task"), progress=False)
+            if run_dir.on_store:  # eval/<name>.json to the store's run dir too
+                from slmscale.models.mirror import RunMirror
+
+                RunMirror(run_dir.path, local).push_evals()
             index[key] = {k: float(v) for k, v in result["metrics"].items()}
             atomic_write_json(run_dir.eval_index, index)
         metrics.update(index[key])
@@ -104,6 +115,26 @@ def _report_to_tune(metrics: dict[str, Any], checkpoint_dir: str | None) -> None
         tune.report(clean, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def _trial_lock(run_dir: TrialDir) -> Path:
+    """The run dir's lock file; on object storage (no flock there) that of its scratch copy on this node, which
+    `train` takes too. Two attempts of one trial are kept apart by Tune, which runs a trial once at a time."""
+    if run_dir.on_store:
+        from slmscale.models.mirror import scratch_run_dir
+
+        return scratch_run_dir(run_dir.path) / ".lock"
+    return run_dir.lock
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node this attempt runs on (hex id), None outside Ray: which node a preemption took."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - provenance only
+        return None
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable. `config = {"run_id": str, "sweep_file": STORAGE/sweep.json}`; the trial and
     the launch settings are read from sweep.json on the shared storage.
@@ -118,7 +149,7 @@ def run_trial(config: dict[str, Any]) -> None:
     # lock again (re-entrant in this process). A trial whose previous attempt still runs somewhere is refused,
     # and Tune retries it later.
     trunk_dir = storage.run_dir(trial["trunk"]) if trial.get("trunk") else None
-    with exclusive_lock(run_dir.lock, what=f"trial {trial['run_id']} ({run_dir.path})"):
+    with exclusive_lock(_trial_lock(run_dir), what=f"trial {trial['run_id']} ({run_dir.path})"):
         _run_trial_locked(trial, settings, run_dir, trunk_dir)
 
 
@@ -134,7 +165,7 @@ def _run_trial_locked(trial: dict[str, Any], settings: dict[str, Any], run_dir: 
     atomic_write_json(
         run_dir.attempt,
         {"attempt": int(previous.get("attempt", 0)) + 1, "host": socket.gethostname(), "pid": os.getpid(),
-         "started": time.time(), "run_id": trial["run_id"],
+         "node_id": _ray_node_id(), "started": time.time(), "run_id": trial["run_id"],
          "resumed_from_step": steps[-1] if steps else int(trial.get("branch_step", 0))},
     )
 

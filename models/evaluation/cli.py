@@ -42,7 +42,7 @@ Examples:
 def register(sub, formatter_class) -> None:
     p = sub.add_parser("eval", help="score a trained model on sBLIMP / sWUGGY / StoryCloze (or the embedded benchmark)",
                        description=EVAL_DESCRIPTION, formatter_class=formatter_class)
-    p.add_argument("--model", required=True, metavar="RUN_DIR", help="training run directory (run.json + model/ or checkpoints/)")
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help="training run directory (run.json + model/ or checkpoints/), or its object-store URI (s3://...)")
     p.add_argument("--benchmark", required=True, action="append", metavar="DIR|embedded:NAME",
                    help="benchmark folder in a released layout, or embedded:sblimp / embedded:swuggy / embedded:storycloze; "
                         "repeatable")
@@ -72,7 +72,8 @@ def _eval(args: argparse.Namespace) -> int:
     import sys
 
     from slmscale.errors import SlmscaleError
-    from slmscale.models.evaluation.evaluator import evaluate, merge_into_results
+    from slmscale.models.evaluation import evaluate  # (a run dir on object storage too)
+    from slmscale.models.evaluation.evaluator import merge_into_results
 
     if args.units and len(args.benchmark) > 1:
         raise SlmscaleError("--units: give one --benchmark with it (the unit dataset belongs to one benchmark)")

@@ -14,7 +14,9 @@ __all__ = ["generate"]
 
 
 def generate(model, out_dir, **kwargs) -> dict[str, Any]:
-    """Continue a prompt with the model of run directory `model`; see `models.generation.pipeline.generate`."""
+    """Continue a prompt with the model of run directory `model` (a path, or a run dir on object storage, read
+    through this node's scratch copy); see `models.generation.pipeline.generate`."""
     from slmscale.models.generation.pipeline import generate as _generate
+    from slmscale.models.mirror import local_run_dir
 
-    return _generate(model, out_dir, **kwargs)
+    return _generate(local_run_dir(str(model)), out_dir, **kwargs)

@@ -40,7 +40,7 @@ pin with --vocoder-sha256."""
 def register(sub, formatter_class) -> None:
     p = sub.add_parser("generate", help="continue a spoken prompt with a trained model (units + WAVs)",
                        description=GENERATE_DESCRIPTION, formatter_class=formatter_class)
-    p.add_argument("--model", metavar="RUN_DIR", help="training run directory (run.json + model/ or checkpoints/)")
+    p.add_argument("--model", metavar="RUN_DIR", help="training run directory (run.json + model/ or checkpoints/), or its object-store URI (s3://...)")
     p.add_argument("--prompt", metavar="AUDIO", default=None, help="prompt audio file (wav/flac/ogg/mp3)")
     p.add_argument("--prompt-units", metavar="FILE", default=None,
                    help="prompt units JSON {tokenizer_hash, units} of the model's tokenizer")

@@ -104,6 +104,19 @@ def _one_node_ray() -> Iterator[None]:
             ray_constants.ENABLE_RAY_CLUSTER = saved_constant
 
 
+def _token_auth_like_ray_start() -> None:
+    """Join with Ray's token authentication on when this machine has a token (~/.ray/auth_token) and RAY_AUTH_MODE
+    is unset: what `ray start` decided for a cluster started here, which a plain `ray.init(address=...)` does not
+    do by itself in Ray 2.60 (it would be refused by such a cluster). RAY_AUTH_MODE, when set, is respected."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # pragma: no cover - a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Join the cluster at `address` (or $RAY_ADDRESS), or start a local Ray if none is running.
 
@@ -125,6 +138,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
     kwargs = dict(log_to_driver=False, configure_logging=True, logging_level="ERROR")
     if address and address != "local":
         check_address(address, flag=flag)
+        _token_auth_like_ray_start()
         # Ray rewrites a loopback address to this machine's LAN address, where a loopback-only head does not listen
         loopback = address != "auto" and _is_loopback(_host_port(address, flag)[0])
         try:

@@ -19,7 +19,10 @@ results table that `slmscale fit --results` consumes.
 
 Storage layout: STORAGE/sweep.json (the expanded grid), STORAGE/runs/<run_id>/ (one training run dir
 per trial, with checkpoints), STORAGE/tune/ (Ray Tune state), STORAGE/results.parquet (updated as
-trials finish). On a cluster, STORAGE must be a filesystem every node mounts (see cluster.yaml).
+trials finish). On a cluster, STORAGE is an object-store prefix (s3://BUCKET/sweeps/NAME, gs://...: trials
+train in node-local scratch copies and push every checkpoint) or a filesystem every node mounts at the same
+path (see cluster.yaml). Object-store credentials and endpoint come from the environment (AWS_*, including
+AWS_ENDPOINT_URL for MinIO/Ceph) or the instance profile.
 """
 
 
@@ -134,10 +137,13 @@ def register(sub, formatter_class) -> None:
                         "anything starts. Exit code 1 if some trial did not finish (then `sweep resume`).",
                         formatter_class=formatter_class)
     p.add_argument("grid", metavar="GRID.yaml", help="grid spec")
-    p.add_argument("--storage", required=True, metavar="PATH",
-                   help="new directory for the sweep (run dirs, checkpoints, Tune state, results); on a cluster a "
-                   "path every node mounts, e.g. /shared/sweeps/NAME")
-    p.add_argument("--units", metavar="DIR", default=None, help="unit dataset; None: the grid's 'units'")
+    p.add_argument("--storage", required=True, metavar="PATH|URI",
+                   help="new folder or object-store prefix for the sweep (run dirs, checkpoints, Tune state, results); "
+                   "on a cluster s3://BUCKET/sweeps/NAME (credentials from AWS_* or the instance profile) or a path "
+                   "every node mounts, e.g. /shared/sweeps/NAME")
+    p.add_argument("--units", metavar="DIR|URI", default=None,
+                   help="unit dataset, a folder or s3://... (staged once per node, checksums verified); None: the "
+                   "grid's 'units'")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join, e.g. 'auto' on a head node or HOST:6379; None: $RAY_ADDRESS, "
                    "else a new local Ray")
@@ -153,9 +159,11 @@ def register(sub, formatter_class) -> None:
                         description="Restore the Tune experiment in STORAGE/tune (Tuner.restore): unfinished and "
                         "errored trials continue from their newest checkpoints; finished trials are kept. Tune "
                         "stores that state as Python pickles, so it is restored only when every file of STORAGE/tune "
-                        "is owned by you (or root) and writable by nobody else; --trust-tune-state overrides that.",
+                        "is owned by you (or root) and writable by nobody else; --trust-tune-state overrides that. "
+                        "On object storage nothing is unpickled: a new Tune experiment (STORAGE/tune-N) runs the "
+                        "trials without a row, each from its run dir's newest checkpoint.",
                         formatter_class=formatter_class)
-    p.add_argument("storage", metavar="STORAGE", help="the --storage of `sweep launch`")
+    p.add_argument("storage", metavar="STORAGE", help="the --storage of `sweep launch` (a path or s3://...)")
     p.add_argument("--address", default=None, help="Ray cluster to join; None: $RAY_ADDRESS, else a new local Ray")
     p.add_argument("--trust-tune-state", action="store_true",
                    help="restore Tune's pickled state even if someone else owns or could have written it (only for "
@@ -168,7 +176,7 @@ def register(sub, formatter_class) -> None:
                         "(FINISHED, RUNNING, PENDING, ERROR, ... as of Tune's last snapshot), tokens done / target, "
                         "newest loss (val, train, or test when finished), tokens/s, ETA and attempts.",
                         formatter_class=formatter_class)
-    p.add_argument("storage", metavar="STORAGE", help="the --storage of `sweep launch`")
+    p.add_argument("storage", metavar="STORAGE", help="the --storage of `sweep launch` (a path or s3://...)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_status)
 
@@ -178,7 +186,7 @@ def register(sub, formatter_class) -> None:
                         "tokenizer_hash, units_meta_hash, model_config, seed, code_version, flops_exact, "
                         "tokens_per_s, mfu, val_loss; eval metrics) and write it for `slmscale fit --results`.",
                         formatter_class=formatter_class)
-    p.add_argument("storage", metavar="STORAGE", help="the --storage of `sweep launch`")
+    p.add_argument("storage", metavar="STORAGE", help="the --storage of `sweep launch` (a path or s3://...)")
     p.add_argument("-o", "--output", default=None, metavar="OUT",
                    help=".parquet or .csv output; None: STORAGE/results.parquet")
     p.add_argument("--complete", action="store_true", help="refuse to write while some trial has not finished")

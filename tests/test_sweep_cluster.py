@@ -39,15 +39,22 @@ def test_schema_check_catches_a_broken_config():
         jsonschema.validate(cfg, ray_schema())
 
 
-def test_cluster_shape_gpu_autoscaling_spot_shared_storage_private_dashboard():
+def test_cluster_shape_gpu_autoscaling_spot_object_storage_private_dashboard():
     cfg = yaml.safe_load(CLUSTER.read_text())
     head = cfg["available_node_types"][cfg["head_node_type"]]
     assert head["resources"].get("GPU", 0) == 0  # CPU head
     workers = {k: v for k, v in cfg["available_node_types"].items() if k != cfg["head_node_type"]}
     assert workers and all(w["min_workers"] == 0 and w["max_workers"] > 0 and w["resources"]["GPU"] > 0 for w in workers.values())
     assert all(w["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for w in workers.values())
+    # Object storage by default: workers get S3 access from an instance profile; no credentials in the file, and
+    # no file system to mount (the EFS mount is the documented, commented-out alternative).
+    assert all("Arn" in w["node_config"]["IamInstanceProfile"] for w in workers.values())
+    text = CLUSTER.read_text().lower()
+    assert "aws_secret_access_key" not in text and "aws_access_key_id" not in text
+    assert "--storage s3://" in text and "--units s3://" in text
     setup = "\n".join(cfg["setup_commands"])
-    assert "/shared" in setup and "mount" in setup  # shared storage for run dirs and checkpoints
+    assert "mount -t nfs4" not in setup and "SLMSCALE_SCRATCH" in setup
+    assert "# shared-filesystem alternative" in text and "mount -t nfs4" in text
     assert "pip install" in setup and "~/slmscale" in setup  # installs this project
     head_start = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start

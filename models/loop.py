@@ -186,7 +186,13 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     """Drop report lines written after the checkpoint we resume from (they will be produced again)."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= after_step]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            if ln.strip() and json.loads(ln).get("step", 0) <= after_step:
+                keep.append(ln)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
     from slmscale.io import atomic_write_text
 
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
@@ -241,6 +247,10 @@ class _Worker:
         # periodic validation losses and checkpoints (their cadence is eval_every / checkpoint_every), and the
         # one-off end of the run (test loss, final model).
         self.seconds = {"validation": 0.0, "checkpoints": 0.0, "final": 0.0}
+        if cfg.sync_to:  # an object-store run: seconds the loop waited for a background checkpoint upload (models/
+            self.seconds["upload_wait"] = 0.0  # mirror.py), already inside "checkpoints" / "final"
+        self._pusher = None  # the background uploader of an object-store run's checkpoints
+        self._pending = None
 
     def resume(self) -> int:
         """Load the newest checkpoint, if any (weights, optimizer, scheduler, RNG); returns the updates done.
@@ -387,13 +397,34 @@ class _Worker:
         }
         path = ckpt_io.write_checkpoint(self.run_dir.path, step, self.unwrapped, model_state, optim_state,
                                         self.scheduler.state_dict(), trainer_state)
+        if self.cfg.sync_to:
+            self.wait_for_push()  # (the previous checkpoint's upload: its files must stay until it is on the store)
         ckpt_io.prune_checkpoints(self.run_dir.path, self.cfg.keep_checkpoints, protected=plan.keep_steps)
-        if self.cfg.sync_to:  # an object-store run: the checkpoint is on the store before anyone hears of it
-            from slmscale.models.mirror import RunMirror
-
-            keep = set(ckpt_io.complete_steps(self.run_dir.path)) | set(plan.keep_steps)
-            RunMirror(self.cfg.sync_to, self.run_dir.path).push_checkpoint(step, keep=keep)
+        if self.cfg.sync_to:
+            self.push_in_background(step)
         return str(path)
+
+    def push_in_background(self, step: int) -> None:
+        """An object-store run: upload checkpoint `step` while training goes on (one upload at a time; see
+        models/mirror.py). Its trainer_state.json goes last, so a node lost mid-upload leaves the store with the
+        previous checkpoint as the newest complete one, never a partial one."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from slmscale.models.mirror import RunMirror
+
+        mirror = RunMirror(self.cfg.sync_to, self.run_dir.path)
+        keep = set(ckpt_io.complete_steps(self.run_dir.path)) | set(self.plan.keep_steps)
+        if self._pusher is None:
+            self._pusher = ThreadPoolExecutor(1, thread_name_prefix="slmscale-push")
+        self._pending = self._pusher.submit(mirror.push_checkpoint, step, keep, mirror.snapshot_records())
+
+    def wait_for_push(self) -> None:
+        """Block until the last background upload is on the store; its error, if any, is raised here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            t0 = time.perf_counter()
+            pending.result()
+            self.seconds["upload_wait"] += time.perf_counter() - t0
 
     def finish(self, last_val: float, tokens_per_s: float, session: _Session) -> dict | None:
         """Test loss (and the validation loss if this session evaluated none), then on rank 0 the final model
@@ -419,6 +450,8 @@ class _Worker:
         hf_logging.disable_progress_bar()
         t0 = time.perf_counter()
         ckpt_io.save_model(self.unwrapped, self.run_dir.model, model_state)
+        if self.cfg.sync_to:
+            self.wait_for_push()  # the last checkpoint on the store before the run's end is
         self.seconds["final"] += time.perf_counter() - t0
         wall = time.perf_counter() - session.start
         wall_tokens_per_s = (plan.total_steps - session.start_step) * plan.tokens_per_update / wall if wall > 0 else 0.0

@@ -119,23 +119,33 @@ class RunMirror:
 
     # --- node -> store ------------------------------------------------------------------------------
     def _push_file(self, local: Path, remote: StorePath) -> None:
+        """One local file to the store, if it exists."""
         if local.is_file():
             upload(local, remote)
 
-    def push_records(self) -> None:
-        for name in ("config", "run_info", "metrics"):
-            self._push_file(getattr(self.local, name), getattr(self.remote, name))
+    _RECORDS = ("config", "run_info", "metrics")
 
-    def push_checkpoint(self, step: int, keep: set[int] | None = None) -> StorePath:
-        """Upload checkpoint `step` (trainer_state.json last), the run records, and delete the store's
-        checkpoints the local run pruned (all but `keep`, when given). Returns the store's checkpoint."""
+    def snapshot_records(self) -> dict[str, bytes]:
+        """The run records' bytes now (metrics.jsonl keeps growing while a checkpoint uploads in the background)."""
+        return {name: getattr(self.local, name).read_bytes() for name in self._RECORDS
+                if getattr(self.local, name).is_file()}
+
+    def push_records(self, records: dict[str, bytes] | None = None) -> None:
+        for name, data in (self.snapshot_records() if records is None else records).items():
+            getattr(self.remote, name).write_bytes(data)
+
+    def push_checkpoint(self, step: int, keep: set[int] | None = None,
+                        records: dict[str, bytes] | None = None) -> StorePath:
+        """Upload checkpoint `step` (trainer_state.json last), the run records (`records`: a snapshot taken when
+        the checkpoint was written; default: now), and delete the store's checkpoints the local run pruned (all
+        but `keep`, when given). Returns the store's checkpoint."""
         src, dst = self.local.checkpoint(step), self.remote.checkpoint(step)
         files = sorted(p for p in src.rglob("*") if p.is_file())
         for f in files:
             if f.name != _TRAINER_STATE:
                 upload(f, dst / f.relative_to(src).as_posix())
         upload(src / _TRAINER_STATE, dst / _TRAINER_STATE)  # the marker: complete from here on
-        self.push_records()
+        self.push_records(records)
         if keep is not None:
             for old in self.remote.checkpoint_steps():
                 if old not in keep and old != step:

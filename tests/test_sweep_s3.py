@@ -262,9 +262,9 @@ def test_train_on_s3_resumes_on_another_node_bitwise(s3, s3_units, local_units, 
     class NodeLost(Exception):
         pass
 
-    def push_then_die(self, step, keep=None):
-        out = real_push(self, step, keep)
-        if step == 16:
+    def push_then_die(self, step, keep=None, records=None):
+        out = real_push(self, step, keep, records)
+        if step == 16:  # (raised in the upload thread, then in the training loop at its next wait for it)
             raise NodeLost
         return out
 

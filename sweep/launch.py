@@ -150,64 +150,44 @@ def _check_train_configs(spec: GridSpec, trials: list[Trial], storage: SweepStor
         check_splits(local_units, val_fraction, test_fraction)
 
 
-def _check_storage_shared(root: Path) -> None:
-    """Every alive node must see the storage at the same path: trials write their run dirs there, and a
-    retried trial on another node must find its checkpoints. A probe file written here is looked for by one
-    zero-CPU task pinned to each node. (Nodes an autoscaler adds later get the same setup commands.)"""
+def _check_storage_on_every_node(root) -> None:
+    """Every alive node must see the storage: on a shared filesystem at the same path (trials write their run dirs
+    there, and a retried trial on another node must find its checkpoints), on object storage with the node's own
+    endpoint and credentials. A probe file written here is looked for by one zero-CPU task pinned to each node.
+    (Nodes an autoscaler adds later get the same setup commands.)"""
     import uuid
 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = root / f".probe-{uuid.uuid4().hex}"
-    probe.write_text("slmscale storage probe\n")
-    try:
-        @ray.remote(num_cpus=0)
-        def visible(path: str) -> bool:
-            return Path(path).is_file()
-
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        refs = [visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(probe))
-                for n in nodes]
-        blind = [n.get("NodeManagerAddress") for n, ok in zip(nodes, ray.get(refs, timeout=120)) if not ok]
-    finally:
-        probe.unlink(missing_ok=True)
-    if blind:
-        raise SlmscaleError(
-            f"--storage {root}: not visible on node(s) {blind}; mount the same shared filesystem at the same path on "
-            f"every node (cluster.yaml mounts EFS at /shared) so trials can write and resume their run dirs"
-        )
-
-
-def _check_store_visible(root) -> None:
-    """Every alive node must reach the object store with its own endpoint and credentials: one zero-CPU task
-    pinned to each node reads a probe object written here."""
-    import uuid
-
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from slmscale.objstore import StorePath
 
     probe = root / f".probe-{uuid.uuid4().hex}"
     probe.write_text("slmscale storage probe\n")
     try:
         @ray.remote(num_cpus=0)
-        def reachable(uri: str) -> str | None:
+        def seen(where: str) -> str | None:
             try:
-                from slmscale.objstore import StorePath
+                from slmscale.objstore import location
 
-                return None if StorePath(uri).is_file() else "the probe object is not visible"
+                return None if location(where).is_file() else "the probe file is not visible"
             except Exception as exc:  # noqa: BLE001 - reported with the node
                 return str(exc).splitlines()[0][:300]
 
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        refs = [reachable.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+        refs = [seen.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
             str(probe)) for n in nodes]
-        blind = [f"{n.get('NodeManagerAddress')}: {why}" for n, why in zip(nodes, ray.get(refs, timeout=120)) if why]
+        blind = [f"{n.get('NodeManagerAddress')} ({why})" for n, why in zip(nodes, ray.get(refs, timeout=120)) if why]
     finally:
         probe.unlink(missing_ok=True)
-    if blind:
+    if blind and isinstance(root, StorePath):
         raise SlmscaleError(f"--storage {root}: not reachable from node(s) {blind}; expected every node to have the "
                             f"store's endpoint (AWS_ENDPOINT_URL) and credentials (instance profile or AWS_*)")
+    if blind:
+        raise SlmscaleError(
+            f"--storage {root}: not visible on node(s) {blind}; mount the same shared filesystem at the same path on "
+            f"every node (or use object storage, s3://...) so trials can write and resume their run dirs"
+        )
 
 
 def _check_cluster(spec: GridSpec, trials: list[Trial], cluster_config: str | None) -> None:
@@ -308,10 +288,7 @@ def _launch_locked(spec: GridSpec, store: SweepStorage, *, units: str | None, ad
     ensure_ray(address)
     _check_cluster(spec, plan.trials, cluster_config)
 
-    if store.on_store:
-        _check_store_visible(root)
-    else:
-        _check_storage_shared(root)  # (a refused launch leaves no storage folder behind: see locked_folder)
+    _check_storage_on_every_node(root)  # (a refused launch leaves no storage folder behind: see locked_folder)
     sweep = {
         "schema_version": 1,
         "grid": spec.to_dict(),

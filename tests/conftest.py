@@ -79,12 +79,16 @@ def s3():
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance (2 CPUs, no dashboard) shared by every test that asks for it."""
+    """One local Ray instance (2 CPUs, no dashboard) shared by every test that asks for it, on loopback only like
+    every local Ray slmscale starts (slmscale/ray_utils.py), and never joining another Ray on this machine."""
     import ray
 
+    from slmscale.ray_utils import _one_node_ray
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 object_store_memory=1 << 30)
+        with _one_node_ray():
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                     object_store_memory=1 << 30)
     yield ray
     ray.shutdown()
 

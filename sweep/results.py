@@ -85,6 +85,10 @@ def sweep_results(storage: str | os.PathLike, *, allow_partial: bool = True) -> 
     if missing and not allow_partial:
         raise SlmscaleError(f"{root}: {len(missing)} trial(s) not finished: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     df = pd.DataFrame(rows)
+    for col in df.columns:  # row.json writes an unknown number as null: a column of numbers and nulls is numeric
+        values = df[col].dropna()
+        if df[col].dtype == object and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     # A run that reads D tokens from a pool of U distinct ones has seen min(D, U) unique tokens (schema:
     # unique_tokens equals tokens for single-epoch runs); training rows give the pool size U.
     df["unique_tokens"] = np.minimum(df["unique_tokens"].astype(float), df["tokens"].astype(float))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmscale.io import atomic_write_json, code_version
+from slmscale.io import atomic_write_json, code_version, json_safe
 from slmscale.locks import exclusive_lock
 from slmscale.sweep.storage import SweepStorage, TrialDir
 
@@ -184,6 +184,6 @@ def _run_trial_locked(trial: dict[str, Any], settings: dict[str, Any], run_dir: 
     row.setdefault("code_version", code_version())
     row["run_id"] = trial["run_id"]
     row["sweep"] = settings["name"]
-    atomic_write_json(run_dir.row, row)
+    atomic_write_json(run_dir.row, json_safe(row))  # standard JSON: an unknown number (MFU on a CPU) is null
     _report_to_tune({**{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}, "done": True},
                     None)

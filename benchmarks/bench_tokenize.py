@@ -17,9 +17,11 @@ fit of the Ray Data wall times, wall = fixed start-up + per-file cost x files, b
 corpus (goal: flat in corpus size, because the pipeline streams).
 
 With CUDA present it also measures the HuBERT-base real-time factor on the GPU (random-init base config, so the
-same FLOPs as the real one; bf16, layer 11, 500 centroids; the goal on one H100 is >= 3,000x): first the extractor
-+ k-means in process on 60 s chunks (the GPU's ceiling), then the whole `encode` pipeline on Ray Data (CPU decode
-tasks feeding one GPU actor, shards written) from WAV files at two corpus sizes, with a fixed + per-file fit.
+same FLOPs as the real one; bf16, layer 11, 500 centroids; the goal on one H100/H200 is >= 10,000x, issue #17):
+first the extractor + k-means in process on 60 s chunks (the GPU's ceiling), then the whole `encode` pipeline on Ray
+Data (CPU decode tasks feeding one GPU actor, shards written) from WAV files at two corpus sizes, with a fixed +
+per-file fit. The figures go to benchmarks/results/tokenize-gpu-<device>-<date>.json, written after each
+measurement; benchmarks/render_results.py turns them into the README's table.
 
     python benchmarks/bench_tokenize.py --skip-cpu [--gpu-minutes 60] [--gpu-files 100,400] [--gpu-seconds 60]
                                         [--hubert-compile]
@@ -218,7 +220,7 @@ def save_base_hubert(root: Path) -> tuple[str, str]:
     return str(model_dir), str(km)
 
 
-def bench_gpu_hubert(root: Path, minutes: float, compile: bool = False) -> float:
+def bench_gpu_hubert(root: Path, minutes: float, compile: bool = False) -> dict:
     """Real-time factor of the extractor + k-means on the GPU, in process (no Ray): the GPU's own ceiling.
     Chunks go in 32 at a time, as the pipeline's GPU actors receive them."""
     import numpy as np
@@ -243,20 +245,23 @@ def bench_gpu_hubert(root: Path, minutes: float, compile: bool = False) -> float
     torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     rtf = len(chunks) * 60 / wall
+    peak = torch.cuda.max_memory_allocated() / 2**30
     print(f"GPU HuBERT-base layer 11 + k-means(500) on {torch.cuda.get_device_name()}, in process: {len(chunks)} min "
-          f"of audio in {wall:.2f} s -> real-time factor {rtf:,.0f}x (goal >= 3,000x on one H100); dtype "
+          f"of audio in {wall:.2f} s -> real-time factor {rtf:,.0f}x (goal >= 10,000x on one H100/H200); dtype "
           f"{tok.extractor.dtype}, {'compiled' if compile else 'eager'}, "
           f"{tok.extractor.max_batch_samples() // 16000} s of audio per forward, first batch {warm:.1f} s, "
-          f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
-    return rtf
+          f"peak GPU memory {peak:.1f} GiB", flush=True)
+    return {"rtf": rtf, "minutes": len(chunks), "wall_s": wall, "first_batch_s": warm, "peak_memory_gib": peak,
+            "dtype": str(tok.extractor.dtype), "compiled": compile,
+            "seconds_per_forward": tok.extractor.max_batch_samples() / 16000}
 
 
-def bench_gpu_pipeline(root: Path, sizes: list[int], seconds: float) -> None:
+def bench_gpu_pipeline(root: Path, sizes: list[int], seconds: float, on_run=None) -> dict:
     """The same extractor inside `tokenization.encode` (Ray Data: CPU decode tasks -> one GPU actor -> shards),
     from WAV files on disk, at two corpus sizes; the straight-line fit separates the start-up (Ray Data, the actor,
     model load) from the per-file cost, whose inverse is the pipeline's steady-state real-time factor."""
     model_dir, km = save_base_hubert(root)
-    walls = []
+    walls, result = [], {"file_seconds": seconds, "runs": []}
     for n in sizes:
         t0 = time.perf_counter()
         manifest = make_corpus(root / f"g{n}", n, seconds, distinct=8)
@@ -264,6 +269,11 @@ def bench_gpu_pipeline(root: Path, sizes: list[int], seconds: float) -> None:
         r = _subprocess("ray", manifest, root / f"out-gpu-{n}", "--tokenizer", f"hubert:{model_dir}", "--kmeans", km,
                         "--layer", "11")
         walls.append((n, r["wall_s"]))
+        result["runs"].append({"files": n, "wall_s": r["wall_s"], "audio_s": r["audio_s"],
+                               "rtf_with_startup": r["audio_s"] / r["wall_s"], "peak_mib": r["peak_mib"],
+                               "resources": r["resources"]})
+        if on_run:
+            on_run(result)
         res = r["resources"]
         print(f"  Ray Data + GPU actor, {n:4d} x {seconds:.0f} s files (corpus built in {built:.0f} s): "
               f"{r['wall_s']:6.1f} s wall, {r['audio_s'] / r['wall_s']:6.0f}x real time incl. start-up; "
@@ -272,7 +282,9 @@ def bench_gpu_pipeline(root: Path, sizes: list[int], seconds: float) -> None:
     if len(walls) > 1:
         fixed, per_file = _line_fit(walls)
         print(f"Ray Data + GPU: {fixed:.1f} s fixed (Ray Data start, actor start, model load) + {per_file * 1e3:.1f} ms per "
-              f"{seconds:.0f} s file -> steady-state real-time factor {seconds / per_file:,.0f}x")
+              f"{seconds:.0f} s file -> steady-state real-time factor {seconds / per_file:,.0f}x (goal >= 10,000x)")
+        result.update(startup_s=fixed, per_file_ms=per_file * 1e3, steady_rtf=seconds / per_file)
+    return result
 
 
 def _sizes(text: str) -> list[int]:
@@ -306,6 +318,9 @@ def main() -> None:
     parser.add_argument("--gpu-files", default="100,400",
                         help="corpus sizes (files of --gpu-seconds) for the Ray Data GPU run; '' skips it")
     parser.add_argument("--gpu-seconds", type=float, default=60.0, help="length of each file of the GPU corpus")
+    parser.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"),
+                        help="where the GPU figures go (tokenize-gpu-<device>-<date>.json)")
+    parser.add_argument("--json-gpu", help="write the GPU figures to this file instead")
     parser.add_argument("--hubert-compile", action="store_true",
                         help="also time the in-process extractor under torch.compile (slower on torch 2.11 / H200)")
     args = parser.parse_args()
@@ -352,13 +367,42 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("GPU HuBERT real-time factor: skipped (no CUDA device)")
         return
+    gpu_results(args)
+
+
+def gpu_results(args) -> None:
+    """The GPU measurements, each written to benchmarks/results/tokenize-gpu-<device>-<date>.json as soon as it is
+    done (a failure of one keeps the others' figures; the run then exits non-zero)."""
+    import traceback
+
+    from render_results import environment, results_file, write_results
+
+    env = environment()
+    path = Path(args.json_gpu) if args.json_gpu else results_file("tokenize-gpu", env, Path(args.results_dir))
+    data = {"kind": "tokenize-gpu", **env, "errors": {}}
+    print(f"GPU results -> {path}", flush=True)
+    steps = [("in_process", lambda tmp: bench_gpu_hubert(tmp / "inproc", args.gpu_minutes))]
+    if args.hubert_compile:
+        steps.append(("in_process_compiled",
+                      lambda tmp: bench_gpu_hubert(tmp / "inproc-compiled", args.gpu_minutes, compile=True)))
+    gpu_sizes = _sizes(args.gpu_files)
+    if gpu_sizes:
+        def pipeline(tmp):
+            def partial(result):  # each corpus size as it finishes
+                data["ray_data"] = result
+                write_results(path, data)
+            return bench_gpu_pipeline(tmp / "ray", gpu_sizes, args.gpu_seconds, on_run=partial)
+        steps.append(("ray_data", pipeline))
     with tempfile.TemporaryDirectory() as tmp:
-        bench_gpu_hubert(Path(tmp) / "inproc", args.gpu_minutes)
-        if args.hubert_compile:
-            bench_gpu_hubert(Path(tmp) / "inproc-compiled", args.gpu_minutes, compile=True)
-        gpu_sizes = _sizes(args.gpu_files)
-        if gpu_sizes:
-            bench_gpu_pipeline(Path(tmp) / "ray", gpu_sizes, args.gpu_seconds)
+        for key, run in steps:
+            try:
+                data[key] = run(Path(tmp))
+            except (Exception, SystemExit) as exc:  # _subprocess raises SystemExit for a failed Ray run
+                traceback.print_exc()
+                data["errors"][key] = f"{type(exc).__name__}: {exc}"[:1000]
+            write_results(path, data)
+    if data["errors"]:
+        raise SystemExit(f"GPU tokenizer measurements failed: {sorted(data['errors'])} (the others are written)")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ Parallel = Literal["ddp", "fsdp"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
 Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+FusedKernels = Literal["auto", "on", "off"]
 # cosine: the paper's warmup + cosine to min_lr over the whole run. wsd: warmup, constant LR, then a cooldown to
 # min_lr over the last `cooldown_fraction` of the updates (Hägele et al. 2024). constant: warmup then constant LR
 # (a WSD trunk: every D's cooldown branches from one of its checkpoints).
@@ -42,7 +43,7 @@ CooldownShape = Literal["1-sqrt", "linear", "cosine"]
 # Fields that may differ when a run is resumed: they change where/how fast it runs, not what it computes.
 RESUME_MAY_CHANGE = frozenset(
     {"units_dir", "out_dir", "workers", "gpus_per_worker", "use_ray", "micro_batch", "device", "compile",
-     "attn_implementation", "peak_tflops", "threads", "progress", "report_every", "eval_every",
+     "attn_implementation", "fused_kernels", "peak_tflops", "threads", "progress", "report_every", "eval_every",
      "checkpoint_every", "keep_checkpoints", "cpus_per_worker", "max_failures", "data_cache",
      # Where the trunk lives (a moved sweep storage); what is loaded from it is checked by identity and checksums.
      "branch_from",
@@ -143,6 +144,11 @@ class TrainConfig(TypedConfig):
     compile: bool | None = Field(None, description="torch.compile the model: true, false, or None: on CUDA only")
     attn_implementation: Attention = Field("auto", description="attention kernel; auto: flash_attention_2 when "
                                                                "installed on CUDA, else SDPA")
+    fused_kernels: FusedKernels = Field("auto", description="liger-kernel's fused linear + cross-entropy loss (no "
+                                                            "logits materialised) and fused RMSNorm/SwiGLU "
+                                                            "(models/kernels.py; same maths up to bf16 rounding); "
+                                                            "auto: on with CUDA when liger-kernel imports, except "
+                                                            "FSDP; off: the plain PyTorch path")
     peak_tflops: float | None = Field(None, gt=0, description="device peak TFLOP/s for MFU when the built-in "
                                                               "table does not know the device")
     threads: int | None = _count(None, "torch CPU threads; None: torch's default")

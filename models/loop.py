@@ -85,10 +85,14 @@ def lr_multiplier(cfg: TrainConfig, plan: RunPlan) -> WarmupCosine | WarmupStabl
 
 
 def _resolve_runtime(cfg: TrainConfig, device) -> dict[str, Any]:
-    """Device-dependent choices: bf16 autocast, attention kernel, compile, fused AdamW."""
+    """Device-dependent choices: bf16 autocast, attention kernel, compile, fused AdamW, fused kernels (liger's
+    linear + cross-entropy loss and RMSNorm/SwiGLU, models/kernels.py: on CUDA only). Raises SlmscaleError for
+    `fused_kernels` 'on' where they cannot run."""
     import importlib.util
 
     import torch
+
+    from slmscale.models.kernels import resolve_fused_kernels
 
     cuda = torch.device(device).type == "cuda"
     if cuda:  # TF32 for what stays in fp32 (the loss, the optimizer); bf16 autocast covers the matmuls
@@ -101,7 +105,8 @@ def _resolve_runtime(cfg: TrainConfig, device) -> dict[str, Any]:
     compile_ = cfg.compile if cfg.compile is not None else cuda
     if cfg.parallel == "fsdp":
         compile_ = False  # compiled FSDP1 modules change state-dict names; not worth it here
-    return {"bf16": bf16, "attn": attn, "compile": bool(compile_), "fused_adamw": cuda}
+    fused = resolve_fused_kernels(cfg.fused_kernels, torch.device(device).type, fsdp=cfg.parallel == "fsdp")
+    return {"bf16": bf16, "attn": attn, "compile": bool(compile_), "fused_adamw": cuda, **fused}
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
@@ -227,7 +232,12 @@ class _Worker:
         if not ctx.ray:
             self.unwrapped.to(self.device)  # (on Ray, prepare_model moves it to the worker's device)
         model = self.unwrapped
-        if self.rt["compile"]:
+        self.fused_loss = self.rt["fused_kernels"]  # liger's linear + CE loss: the model returns the loss itself
+        if self.fused_loss:
+            from slmscale.models.kernels import build_fused
+
+            model = build_fused(self.unwrapped, compile_=self.rt["compile"])  # compiles the decoder body in place
+        elif self.rt["compile"]:
             model = torch.compile(model)
         if ctx.ray:
             import ray.train.torch
@@ -308,8 +318,12 @@ class _Worker:
             sync = micro == plan.grad_accum - 1 or not hasattr(model, "no_sync")
             with model.no_sync() if not sync else contextlib.nullcontext():
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.rt["bf16"]):
-                    logits = model(input_ids=x, use_cache=False).logits
-                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten()) / plan.grad_accum
+                    if self.fused_loss:  # (models/kernels.py) the same mean next-unit loss, logits never made
+                        loss = model(input_ids=x, labels=x) / plan.grad_accum
+                    else:
+                        logits = model(input_ids=x, use_cache=False).logits
+                if not self.fused_loss:
+                    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten()) / plan.grad_accum
                 loss.backward()
             self.loss_sum += loss.detach()
         if self.fsdp:

@@ -151,7 +151,12 @@ class HubertExtractor:
             per = max(1, max_batch_samples // max(length, 1))
             for s in range(0, len(idx), per):
                 group = idx[s: s + per]
-                x = torch.from_numpy(np.stack([wavs[i] for i in group]).astype(np.float32)).to(self.device)
+                if self.device.startswith("cuda"):  # stacked straight into pinned memory: an asynchronous copy
+                    host = torch.empty((len(group), length), dtype=torch.float32, pin_memory=True)
+                    np.stack([wavs[i] for i in group], out=host.numpy())
+                    x = host.to(self.device, non_blocking=True)
+                else:
+                    x = torch.from_numpy(np.stack([wavs[i] for i in group]).astype(np.float32)).to(self.device)
                 feats = self._run(x)
                 for j, i in enumerate(group):
                     out[i] = feats[j]

@@ -19,7 +19,10 @@ import numpy as np
 from slmscale.errors import SlmscaleError
 from slmscale.io import atomic_path, atomic_write_json, code_version
 
-__all__ = ["Codebook", "load_codebook", "fit_kmeans", "import_joblib", "codebook_paths"]
+__all__ = ["Codebook", "load_codebook", "fit_kmeans", "import_joblib", "codebook_paths", "ASSIGN_BLOCK_ROWS"]
+
+# Frames per distance matrix in the batched torch assignment: [65,536, K=500] float32 is 131 MB on the device.
+ASSIGN_BLOCK_ROWS = 65536
 
 
 def codebook_paths(path: str | Path) -> tuple[Path, Path]:
@@ -90,16 +93,59 @@ class Codebook:
 
         return self.assign_torch(torch.from_numpy(feats).to(device), device)
 
-    def assign_torch(self, feats, device):
-        """Assignment of a torch tensor already on `device` (GPU path: features never leave the device)."""
+    def _device_centroids(self, device):
+        """(centroids [K, D], their squared norms [K]) as float32 tensors on `device`, made once per device."""
         import torch
 
         if device not in self._torch_cache:
             c = torch.from_numpy(self.centroids).to(device)
             self._torch_cache[device] = (c, (c * c).sum(1))
-        c, c_sq = self._torch_cache[device]
-        x = feats.float()
-        return (c_sq[None, :] - 2.0 * x @ c.T).argmin(dim=1).to(torch.int32).cpu().numpy().astype(np.uint16)
+        return self._torch_cache[device]
+
+    def _argmin_torch(self, x, device):
+        """Nearest centroid of each row of x (any float dtype, on `device`): int32 ids on the device."""
+        import torch
+
+        c, c_sq = self._device_centroids(device)
+        return (c_sq[None, :] - 2.0 * x.float() @ c.T).argmin(dim=1).to(torch.int32)
+
+    def assign_torch(self, feats, device):
+        """Assignment of a torch tensor already on `device` (GPU path: features never leave the device)."""
+        return self._argmin_torch(feats, device).cpu().numpy().astype(np.uint16)
+
+    def assign_many_torch(self, feats: list, device, batched: bool | None = None) -> list[np.ndarray]:
+        """Assignment of several [T_i, D] tensors already on `device`: uint16 [T_i] each.
+
+        Batched (the default off the CPU): the chunks' frames are concatenated, one distance + argmin runs on the
+        device per block of ASSIGN_BLOCK_ROWS frames, and the ids come back in one transfer (into pinned host memory
+        on CUDA): one host sync per call instead of one `.cpu()` per chunk. On the CPU there is no sync to save and
+        the default is the per-chunk `assign_torch`, so CPU units stay bit-identical to what they were (a GEMM's
+        rounding may depend on how many rows it gets). Ties go to the lowest centroid index either way (argmin)."""
+        import torch
+
+        if batched is None:
+            batched = torch.device(device).type != "cpu"
+        if not batched:
+            return [self.assign_torch(f, device) for f in feats]
+        lengths = [int(f.shape[0]) for f in feats]
+        for f in feats:
+            if f.ndim != 2 or f.shape[1] != self.dim:
+                raise SlmscaleError(f"codebook: features have shape {tuple(f.shape)}, expected [T, {self.dim}]")
+        total = sum(lengths)
+        if total == 0:
+            return [np.zeros(0, np.uint16) for _ in feats]
+        x = torch.cat([f for f in feats if f.shape[0]]) if len(feats) > 1 else feats[0]
+        ids = torch.empty(total, dtype=torch.int32, device=x.device)
+        for s in range(0, total, ASSIGN_BLOCK_ROWS):
+            ids[s: s + ASSIGN_BLOCK_ROWS] = self._argmin_torch(x[s: s + ASSIGN_BLOCK_ROWS], device)
+        if ids.device.type == "cuda":
+            host = torch.empty(total, dtype=torch.int32, pin_memory=True)
+            host.copy_(ids, non_blocking=True)
+            torch.cuda.current_stream(ids.device).synchronize()  # the call's one sync
+        else:
+            host = ids
+        flat = host.numpy().astype(np.uint16)  # a copy: the pinned buffer goes back to torch's cache
+        return np.split(flat, np.cumsum(lengths)[:-1])
 
 
 def load_codebook(path: str | Path) -> Codebook:

@@ -117,8 +117,8 @@ class UnitTokenizer:
     def frame_units(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
         """Per-frame unit ids for each waveform."""
         if self.spec.kind == "hubert":
-            feats = self.extractor.batch_tensors(wavs)
-            return [self.codebook.assign_torch(f, self.extractor.device) for f in feats]
+            feats = self.extractor.batch_tensors(wavs)  # on the device; one batched argmin and one transfer (GPU)
+            return self.codebook.assign_many_torch(feats, self.extractor.device)
         return [self.codebook.assign(f) for f in self.extractor.batch(wavs)]
 
 

@@ -55,6 +55,13 @@ def prepare_run(cfg: TrainConfig) -> tuple[RunPlan, dict[str, Any]]:
                 f"GPU-only), got workers={cfg.workers}, gpus_per_worker={gpus}; expected --workers > 1 with GPUs, "
                 f"or parallel='ddp'"
             )
+    if cfg.fused_kernels == "on":  # refused here, before anything is written, where the kernels cannot run
+        from slmscale.models.kernels import resolve_fused_kernels
+
+        on_ray = cfg.workers > 1 or cfg.use_ray
+        resolve_fused_kernels("on", "cuda" if (on_ray and cfg.gpus_per_worker) or (not on_ray and _local_device(cfg)
+                                                                                       == "cuda") else "cpu",
+                              fsdp=cfg.parallel == "fsdp")
     meta = read_meta(cfg.units_dir)
     plan = make_plan(cfg, meta.vocab_size)
     units_hash = meta_hash(cfg.units_dir)

@@ -161,3 +161,16 @@ def test_training_through_the_fused_path_matches_the_plain_one(units, tmp_path, 
     assert len(a) == len(b) == 12
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4 * a[0]
     assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+
+
+def test_train_refuses_on_without_cuda_before_writing_anything(tmp_path):
+    """`train --fused-kernels on` on a CPU machine: one error naming the field, and no run dir left behind."""
+    from slmscale.models.synthetic_units import write_pattern_units
+    from slmscale.models.train import train
+
+    units = write_pattern_units(tmp_path / "units", n_units=20, n_utterances=50, seed=1)
+    run = tmp_path / "run"
+    with pytest.raises(SlmscaleError, match=r"^fused_kernels: 'on' needs a CUDA device"):
+        train(TrainConfig(units_dir=str(units), model="tiny-100K", tokens=2048, out_dir=str(run), device="cpu",
+                          fused_kernels="on", progress=False))
+    assert not run.exists()

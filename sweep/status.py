@@ -49,6 +49,11 @@ def tune_trial_states(tune_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _number(value: Any) -> float:
+    """A number of row.json; null (unknown: written for NaN, e.g. no update timed in a resumed session) is NaN."""
+    return math.nan if value is None else float(value)
+
+
 def _last_metrics(path: Path) -> dict[str, Any]:
     """The newest report, and the newest val_loss (reports between evaluations carry val_loss None)."""
     if not path.is_file():
@@ -85,8 +90,8 @@ def sweep_status(storage: str | os.PathLike) -> list[dict[str, Any]]:
         }
         if run_dir.is_done():
             final = run_dir.read_row()
-            row.update(state="FINISHED", tokens_done=int(final["tokens"]), loss=float(final["loss"]),
-                       tokens_per_s=float(final.get("tokens_per_s", math.nan)), eta_s=0.0, loss_kind="test")
+            row.update(state="FINISHED", tokens_done=int(final["tokens"]), loss=_number(final.get("loss")),
+                       tokens_per_s=_number(final.get("tokens_per_s")), eta_s=0.0, loss_kind="test")
         else:
             state = tune_state.get("status") or ("STARTED" if attempt else "PENDING")
             if state == "PENDING" and attempt.get("started", 0) > tune_state.get("snapshot_time", 0):

@@ -94,3 +94,14 @@ def test_a_row_that_is_not_json_is_a_clear_error(tmp_path):
     (root / "runs" / "a" / "row.json").write_text('{"tokens": 10')
     with pytest.raises(SlmscaleError, match=r"row.json is not valid JSON.*sweep resume"):
         sweep_status(root)
+
+
+def test_a_finished_row_with_unknown_throughput(tmp_path):
+    """row.json is standard JSON: a trial whose resumed session timed no update has tokens_per_s null (NaN in
+    Python); status shows it as unknown instead of failing (found by the demo killed mid-sweep, then rerun)."""
+    root = make_sweep(tmp_path, ["done"], {"done": "TERMINATED"})
+    (root / "runs" / "done").mkdir()
+    (root / "runs" / "done" / "row.json").write_text(json.dumps({"tokens": 10_000, "loss": 2.5, "tokens_per_s": None}))
+    [row] = sweep_status(root)
+    assert row["state"] == "FINISHED" and row["loss"] == 2.5 and row["tokens_per_s"] != row["tokens_per_s"]
+    assert "FINISHED" in render_status([row])

@@ -20,37 +20,29 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from slmscale.cli import main
 from slmscale.objstore import StorePath, download, upload
 from tests.conftest import wait_for
 from tests.test_eval_known_answer import pairs_benchmark, random_run  # noqa: F401 - fixtures
+from tests.test_sweep_faults import FAST_TRAIN, _kill_session, write_grid
 
 REPO = Path(__file__).resolve().parent.parent
-FAST_TRAIN = {"context": 64, "tokens_per_update": 512, "eval_tokens": 2048, "test_tokens": 2048}
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def local_units(tmp_path_factory):
+def units(tmp_path_factory):
     from slmscale.models.synthetic_units import write_pattern_units
 
     return write_pattern_units(tmp_path_factory.mktemp("units"), n_units=50, n_utterances=300, seed=2)
 
 
 @pytest.fixture(scope="module")
-def s3_units(s3, local_units) -> str:
+def s3_units(s3, units) -> str:
     uri = s3("units")
-    upload(local_units, StorePath(uri))
+    upload(units, StorePath(uri))
     return uri
-
-
-def write_grid(path: Path, **fields) -> Path:
-    raw = {"name": "s3", "models": ["tiny-100K"], "seeds": [0], "train": FAST_TRAIN,
-           "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}, "max_failures": 2, **fields}
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def store_json(uri: str) -> dict:
@@ -112,7 +104,7 @@ def test_eval_reads_a_run_dir_on_s3(s3, pairs_benchmark, random_run, capsys):  #
     assert written and json.loads((StorePath(f"{run}/eval") / written[0]).read_text())["metrics"] == local["metrics"]
 
 
-def test_killed_trial_worker_on_s3_resumes_to_the_uninterrupted_loss(ray_local, s3, s3_units, local_units, tmp_path):
+def test_killed_trial_worker_on_s3_resumes_to_the_uninterrupted_loss(ray_local, s3, s3_units, units, tmp_path):
     from slmscale.models.train import train
     from slmscale.sweep.grid import load_grid
     from slmscale.sweep.launch import launch
@@ -143,18 +135,10 @@ def test_killed_trial_worker_on_s3_resumes_to_the_uninterrupted_loss(ray_local, 
 
     sweep = store_json(f"{storage}/sweep.json")
     trial = sweep["trials"][0]
-    settings = {**sweep["settings"], "units": str(local_units)}
+    settings = {**sweep["settings"], "units": str(units)}
     direct = train(train_config_for(trial, settings, tmp_path / "direct" / trial["run_id"]))
     row = store_json(f"{run}/row.json")
     assert row["loss"] == direct["loss"] and row["val_loss"] == direct["val_loss"]  # bitwise on CPU
-
-
-def _kill_session(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
 
 
 def test_killed_driver_then_resume_on_s3_finishes_every_trial_once(ray_local, s3, s3_units, tmp_path, capsys):
@@ -241,7 +225,7 @@ def test_launch_refusals_on_s3(s3, s3_units, tmp_path, capsys, monkeypatch, case
         assert not StorePath(f"{storage}/sweep.json").exists()  # nothing written
 
 
-def test_train_on_s3_resumes_on_another_node_bitwise(s3, s3_units, local_units, tmp_path, monkeypatch):
+def test_train_on_s3_resumes_on_another_node_bitwise(s3, s3_units, units, tmp_path, monkeypatch):
     """`train -o s3://` stopped after its second checkpoint (a lost node: its scratch is gone), resumed from another
     node's empty scratch: the same weights and test loss as an uninterrupted local run. A damaged newest checkpoint
     on the store is skipped for the one before it."""
@@ -251,7 +235,7 @@ def test_train_on_s3_resumes_on_another_node_bitwise(s3, s3_units, local_units, 
     run = s3("train")
     base = dict(model="tiny-100K", tokens=16384, progress=False, threads=1, checkpoint_every=8, keep_checkpoints=3,
                 **FAST_TRAIN)
-    reference = train(TrainConfig(units_dir=str(local_units), out_dir=str(tmp_path / "local"), **base))
+    reference = train(TrainConfig(units_dir=str(units), out_dir=str(tmp_path / "local"), **base))
 
     # "node 1": trains until its second checkpoint reaches the store, then dies (the loop is stopped there).
     from slmscale.models import mirror

@@ -4,12 +4,12 @@ A run whose `out_dir` is a URI (`s3://bucket/sweeps/x/runs/<id>`) trains in a no
 (`scratch_root()/runs/<hash>/<id>/`, the layout of models/rundir.py) and `RunMirror` keeps the store's copy
 current, always in the order that makes the store's copy valid at every moment:
 
-  pull (before training, on every node that trains)  config.json, run.json, metrics.jsonl, and the newest
-        complete checkpoint (its trainer_state.json, written last, lists the SHA-256 of every file: the local
-        integrity check of models/checkpoint.py then falls back past a damaged one, downloading the next)
-  push_checkpoint (rank 0, at every checkpoint, before it is reported)  the checkpoint's files, then its
-        trainer_state.json (the "complete" marker), then metrics.jsonl / config.json / run.json; checkpoints the
-        local run pruned are deleted from the store too
+  pull (before training, on every node that trains)  config.json, run.json, and the newest complete checkpoint
+        with the metrics.jsonl that goes with it, unless this node's scratch copy is at least as new (its
+        trainer_state.json, written last, lists the SHA-256 of every file: a damaged one is skipped for the next)
+  push_checkpoint (rank 0, at every checkpoint, in a background thread: models/loop.py)  the checkpoint's files,
+        then its trainer_state.json (the "complete" marker), then metrics.jsonl / config.json / run.json as they
+        were at the checkpoint; checkpoints the local run pruned are deleted from the store too
   push_final (rank 0, at the end)  model/ (Hugging Face layout), then final.json (the "finished" marker)
 
 A preempted node takes its scratch disk with it; what the store holds is what a resumed attempt starts from,
@@ -79,12 +79,12 @@ class RunMirror:
         local = self.local.path
         local.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(local.parent / f".{local.name}.pull.lock", what=f"scratch copy {local}", wait=3600):
-            for name in ("config", "run_info", "metrics"):
+            for name in ("config", "run_info"):
                 src = getattr(self.remote, name)
                 if src.is_file() and not getattr(self.local, name).is_file():
                     download(src, getattr(self.local, name))
             if self.remote.is_finished() or (model and self.remote.has_model()):
-                for name in ("final", "results"):
+                for name in ("final", "results", "metrics"):
                     if getattr(self.remote, name).is_file():
                         download(getattr(self.remote, name), getattr(self.local, name))
                 download(self.remote.model, self.local.model)
@@ -92,12 +92,19 @@ class RunMirror:
             have = complete_steps(local)
             for step in reversed(complete_steps(self.remote.path)):
                 if have and step <= have[-1]:
-                    return have[-1]  # the node's own copy is as new (a retry on the same node)
+                    return have[-1]  # this node's copy is as new (a retry on the same node): its metrics too
                 try:
                     self.pull_checkpoint(step, expected)
-                    return step
                 except SlmscaleError as exc:
                     print(f"{exc}; trying the one before", flush=True)
+                    continue
+                # The store's metrics go with its checkpoint: a stale scratch copy left here by an older attempt
+                # (which another node has since overtaken) must not replace the reports of the updates in between.
+                if self.remote.metrics.is_file():
+                    download(self.remote.metrics, self.local.metrics)
+                return step
+            if not have and self.remote.metrics.is_file() and not self.local.metrics.is_file():
+                download(self.remote.metrics, self.local.metrics)
             return have[-1] if have else None
 
     def pull_checkpoint(self, step: int, expected: dict[str, Any] | None = None) -> Path:

@@ -271,3 +271,46 @@ def test_train_on_s3_resumes_on_another_node_bitwise(s3, s3_units, units, tmp_pa
 
     assert RunDir(StorePath(run)).is_finished()
     assert pd.read_parquet(download(StorePath(f"{run}/results.parquet"), tmp_path / "r.parquet"))["run_dir"][0] == run
+
+
+def test_a_stale_scratch_copy_takes_the_stores_newer_checkpoint_and_reports(s3, s3_units, tmp_path, monkeypatch):
+    """A run that moves node1 -> node2 -> node1: node1's scratch copy is older than the store (node2 trained on
+    and pushed a newer checkpoint). node1 resumes from the store's checkpoint with the store's metrics, so
+    metrics.jsonl ends with every update exactly once and the loss is the uninterrupted one."""
+    from slmscale.models import mirror
+    from slmscale.models.config import TrainConfig
+    from slmscale.models.train import train
+
+    run = s3("stale")
+    base = dict(model="tiny-100K", tokens=16384, progress=False, threads=1, checkpoint_every=8, keep_checkpoints=3,
+                **FAST_TRAIN)
+    reference = train(TrainConfig(units_dir=s3_units, out_dir=str(tmp_path / "local"), **base))
+    real_push = mirror.RunMirror.push_checkpoint
+
+    class NodeLost(Exception):
+        pass
+
+    def node(name: str, dies_after_pushing: int | None):
+        monkeypatch.setenv("SLMSCALE_SCRATCH", str(tmp_path / name))
+
+        def push(self, step, keep=None, records=None):
+            out = real_push(self, step, keep, records)
+            if step == dies_after_pushing:
+                raise NodeLost  # (surfaces in the loop at its next checkpoint: that one stays local only)
+            return out
+
+        monkeypatch.setattr(mirror.RunMirror, "push_checkpoint", push)
+        if dies_after_pushing is None:
+            return train(TrainConfig(units_dir=s3_units, out_dir=run, **base))
+        with pytest.raises(NodeLost):
+            train(TrainConfig(units_dir=s3_units, out_dir=run, **base))
+
+    node("node1", dies_after_pushing=8)  # the store has 8; node1's scratch has 8 and 16
+    assert complete_steps(run) == [8]
+    node("node2", dies_after_pushing=24)  # from 8 on node2: the store has 16 and 24
+    assert complete_steps(run)[-1] == 24
+    row = node("node1", dies_after_pushing=None)  # back on node1, whose copy stops at 16
+    final = store_json(f"{run}/final.json")
+    assert final["resumed_from_step"] == 24 and row["loss"] == reference["loss"]
+    steps = [json.loads(line)["step"] for line in StorePath(f"{run}/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 33))

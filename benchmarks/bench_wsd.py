@@ -44,13 +44,27 @@ def train_grid(schedule: str, args, units: Path, root: Path):
     for trial in plan.trials:
         t0 = time.perf_counter()
         trunk = storage.run_dir(trial.trunk).path if trial.trunk else None
-        row = train(train_config_for(trial.to_dict(), settings, storage.run_dir(trial.run_id).path, trunk_dir=trunk))
+        cfg = train_config_for(trial.to_dict(), settings, storage.run_dir(trial.run_id).path, trunk_dir=trunk)
+        if schedule == "cosine" and args.cosine_warmup:  # the warmup of this size's WSD trunk, not 1 % of the run
+            cfg = cfg.model_copy(update={"warmup_steps": args.cosine_warmup[trial.model]})
+        row = train(cfg)
         runs.append({"run_id": trial.run_id, "schedule": trial.schedule, "seconds": time.perf_counter() - t0,
                      "run_dir": storage.run_dir(trial.run_id).path})
         if trial.is_point:
             rows.append({**row, "run_id": trial.run_id})
         print(f"  {schedule:6} {trial.run_id:<24} loss {row['loss']:.4f}  {runs[-1]['seconds']:.1f} s", flush=True)
     return pd.DataFrame(rows).set_index("run_id"), plan.total_flops, runs
+
+
+def trunk_warmups(args, units: Path) -> dict[str, int]:
+    """Warmup updates of each size's WSD trunk (what every branch of that size shares)."""
+    from slmscale.sweep.grid import grid_from_dict
+    from slmscale.sweep.plan import make_plan
+
+    spec = grid_from_dict({"name": "warmups", "models": args.models, "tokens": args.tokens, "seeds": [0],
+                           "units": str(units), "schedule": "wsd",
+                           "train": {"context": 64, "tokens_per_update": 512}}, source="bench_wsd")
+    return {t.model: int(t.warmup_steps) for t in make_plan(spec, str(units)).trials if t.schedule == "constant"}
 
 
 def fit_table(df, n_boot: int, budget: float) -> dict:
@@ -82,6 +96,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak LR (tiny models at 512 tokens per update)")
     ap.add_argument("--boot", type=int, default=None, help="bootstrap resamples (default 200, --quick 50)")
+    ap.add_argument("--same-warmup", action="store_true",
+                    help="give the cosine runs the warmup of their size's WSD trunk (1 %% of the longest run) instead "
+                    "of the paper's 1 %% of each run: separates the schedules' shapes from their warmups")
     args = ap.parse_args()
     args.models = ["tiny-100K", "tiny-300K", "tiny-1M"]
     # 512 tokens per update: the smallest budget is 100 updates.
@@ -95,6 +112,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-wsd-") as tmp:
         tmp = Path(tmp)
         units = write_pattern_units(tmp / "units", n_units=50, n_utterances=12000, seed=0)
+        args.cosine_warmup = trunk_warmups(args, units) if args.same_warmup else None
         t0 = time.perf_counter()
         cosine, cosine_flops, cosine_runs = train_grid("cosine", args, units, tmp)
         t_cos = time.perf_counter() - t0

@@ -219,7 +219,9 @@ def _train_via_store(cfg: TrainConfig, report: ReportFn | None, ray_callbacks: l
         trunk = location(cfg.branch_from)
         local_trunk = scratch_run_dir(trunk, kind="trunks")
         step = int(plan.cooldown_start)
-        if step not in complete_steps(local_trunk):
+        own = RunDir(location(cfg.out_dir))
+        started = own.is_finished() or complete_steps(own.path)  # a resumed branch continues from its own checkpoint
+        if not started and step not in complete_steps(local_trunk):
             if step not in complete_steps(trunk):
                 raise SlmscaleError(f"{trunk}: the trunk has no checkpoint of step {step} (yet); expected the trunk to "
                                     f"have trained past its branch point {step} with keep_steps including it")

@@ -311,30 +311,25 @@ def _aws_credentials_source() -> str | None:
     return None
 
 
-def check_store(uri: str, *, what: str = "--storage", need_bucket: bool = True) -> StorePath:
+def check_store(uri: str, *, what: str = "--storage") -> StorePath:
     """Refuse, in seconds and with the reason, a store this process cannot use: no credentials (S3), an endpoint
     that does not answer, a bucket that does not exist or cannot be read. Returns the `StorePath`."""
-    store = StorePath(uri)
-    if store.scheme in ("s3", "s3a"):
-        if _aws_credentials_source() is None:
-            raise SlmscaleError(
-                f"{what} {uri}: no AWS credentials found (expected AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, "
-                f"AWS_PROFILE / ~/.aws/credentials, web identity or an instance profile on every node)")
-    try:
-        fs = store.fs
-        import pyarrow.fs as pafs
+    import pyarrow.fs as pafs
 
-        info = fs.get_file_info(store.bucket)
-    except SlmscaleError:
-        raise
+    store = StorePath(uri)
+    s3 = store.scheme in ("s3", "s3a")
+    if s3 and _aws_credentials_source() is None:
+        raise SlmscaleError(
+            f"{what} {uri}: no AWS credentials found (expected AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, "
+            f"AWS_PROFILE / ~/.aws/credentials, web identity or an instance profile on every node)")
+    where = f" at {_endpoint()}" if s3 and _endpoint() else ""
+    try:
+        info = store.fs.get_file_info(store.bucket)
     except OSError as exc:
-        endpoint = _endpoint() if store.scheme in ("s3", "s3a") else None
-        where = f" at {endpoint}" if endpoint else ""
         raise SlmscaleError(f"{what} {uri}: the object store{where} could not be reached or refused access "
                             f"({str(exc).splitlines()[0][:300]}); expected a reachable endpoint and credentials "
                             f"that may read and write the bucket") from None
-    if need_bucket and info.type == pafs.FileType.NotFound:
-        raise SlmscaleError(f"{what} {uri}: bucket {store.bucket!r} does not exist"
-                            + (f" at {_endpoint()}" if _endpoint() and store.scheme in ("s3", "s3a") else "")
-                            + "; create it first (slmscale never creates buckets)")
+    if info.type == pafs.FileType.NotFound:
+        raise SlmscaleError(f"{what} {uri}: bucket {store.bucket!r} does not exist{where}; create it first "
+                            f"(slmscale never creates buckets)")
     return store

@@ -314,3 +314,23 @@ def test_a_stale_scratch_copy_takes_the_stores_newer_checkpoint_and_reports(s3, 
     assert final["resumed_from_step"] == 24 and row["loss"] == reference["loss"]
     steps = [json.loads(line)["step"] for line in StorePath(f"{run}/metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 33))
+
+
+def test_wsd_sweep_on_s3_matches_the_same_sweep_on_a_local_directory(ray_local, s3, s3_units, units, tmp_path):
+    """A WSD grid on the store: the trunk pushes its branch points, each branch (another trial, possibly another
+    node) pulls its trunk's checkpoint from the store; every point's loss equals the same sweep's on local storage."""
+    from slmscale.objstore import StorePath
+    from slmscale.sweep.grid import load_grid
+    from slmscale.sweep.launch import launch
+    from slmscale.sweep.results import sweep_results
+
+    grid = load_grid(write_grid(tmp_path / "wsd.yaml", tokens=[8192, 16384], schedule="wsd", max_concurrent=2))
+    storage = s3("wsd")
+    on_store = launch(grid, storage, units=s3_units, verbose=0)
+    local = launch(grid, tmp_path / "local", units=str(units), verbose=0)
+    assert on_store["finished"] == local["finished"] == 3 and not on_store["errored"]
+    a, b = sweep_results(storage).set_index("run_id"), sweep_results(str(tmp_path / "local")).set_index("run_id")
+    assert list(a.index) == list(b.index) and (a["schedule"] == "wsd").all()
+    assert (a["loss"] == b["loss"]).all()  # bitwise on CPU
+    trunk = next(StorePath(f"{storage}/runs").glob("*trunk*"))
+    assert (trunk / "row.json").is_file()  # the trunk finished too (its done marker; no results row)

@@ -132,19 +132,18 @@ class SweepStorage:
     def tune_dir(self) -> Path:
         """Ray Tune's experiment folder of the newest driver; its name is the Tune run's name. On object storage
         each `sweep resume` starts a new experiment (`tune-2`, `tune-3`, ...: see sweep/launch.py)."""
-        if not self.on_store:
-            return self.root / TUNE_DIR
-        names = [p.name for p in self.root.glob(f"{TUNE_DIR}*")]
-        numbers = [int(n[len(TUNE_DIR) + 1:]) for n in names if n.startswith(f"{TUNE_DIR}-") and n[len(TUNE_DIR) + 1:].isdigit()]
-        return self.root / (f"{TUNE_DIR}-{max(numbers)}" if numbers else TUNE_DIR)
+        n = self._newest_experiment() if self.on_store else 1
+        return self.root / (TUNE_DIR if n == 1 else f"{TUNE_DIR}-{n}")
+
+    def _newest_experiment(self) -> int:
+        """1 for `tune`, N for the newest `tune-N` (object storage)."""
+        suffixes = (p.name.removeprefix(f"{TUNE_DIR}-") for p in self.root.glob(f"{TUNE_DIR}-*"))
+        return max((int(x) for x in suffixes if x.isdigit()), default=1)
 
     def next_tune_dir(self) -> Path:
         """The experiment folder a new driver of an object-store sweep uses (`tune`, then `tune-2`, ...)."""
         current = self.tune_dir
-        if not current.exists():
-            return current
-        n = int(current.name[len(TUNE_DIR) + 1:]) if current.name != TUNE_DIR else 1
-        return self.root / f"{TUNE_DIR}-{n + 1}"
+        return current if not current.exists() else self.root / f"{TUNE_DIR}-{self._newest_experiment() + 1}"
 
     @property
     def runs_dir(self) -> Path:

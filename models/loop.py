@@ -466,6 +466,8 @@ class _Worker:
         ckpt_io.save_model(self.unwrapped, self.run_dir.model, model_state)
         if self.cfg.sync_to:
             self.wait_for_push()  # the last checkpoint on the store before the run's end is
+            if self._pusher is not None:
+                self._pusher.shutdown()
         self.seconds["final"] += time.perf_counter() - t0
         wall = time.perf_counter() - session.start
         wall_tokens_per_s = (plan.total_steps - session.start_step) * plan.tokens_per_update / wall if wall > 0 else 0.0

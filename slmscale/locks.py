@@ -106,13 +106,27 @@ def locked_folder(folder: str | os.PathLike, lock_name: str, what: str) -> Itera
         raise
 
 
+def _dead_here(info: dict) -> bool:
+    """The lease's holder was a process of this host, and that process is gone."""
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def store_lease(lease, what: str, ttl: float = 60.0, settle: float = 2.0) -> Iterator[object]:
     """One holder of an object-store prefix (a sweep storage at s3://...), where there is no flock: a lease
     object naming its holder and an expiry, renewed every ttl/4 s by a thread while the block runs.
 
-    Taking it: a live lease of someone else refuses at once (`LockHeld`, naming the holder); otherwise ours is
-    written, and read back after `settle` s: S3 and GCS are strongly read-after-write consistent, so of two
+    Taking it: a live lease of someone else refuses at once (`LockHeld`, naming the holder); a lease whose holder
+    was a process of this host that is gone (a killed driver, resumed from the same machine) is taken over at
+    once, as a flock would be; otherwise ours is written, and read back after `settle` s: S3 and GCS are strongly read-after-write consistent, so of two
     takers in the same instant both read the same last writer and the other one backs off. A killed holder's
     lease expires `ttl` s after its last renewal (clocks of the hosts are assumed to agree within seconds).
     `lease` is a `slmscale.objstore.StorePath`."""
@@ -130,7 +144,7 @@ def store_lease(lease, what: str, ttl: float = 60.0, settle: float = 2.0) -> Ite
         return f"pid {info.get('pid')} on {info.get('host')} since {started} ({info.get('command', '?')})"
 
     current = read()
-    if current and current.get("expires", 0) > time.time():
+    if current and current.get("expires", 0) > time.time() and not _dead_here(current):
         raise LockHeld(f"{what} is in use by {holder(current)} (lease {lease}, renewed until "
                        f"{time.strftime('%H:%M:%S', time.localtime(current['expires']))}); expected no other driver "
                        f"(wait for it to finish, or stop it: a killed driver's lease expires within {ttl:.0f} s)")

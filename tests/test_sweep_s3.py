@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -165,11 +166,10 @@ def test_killed_driver_then_resume_on_s3_finishes_every_trial_once(ray_local, s3
               if (d / "row.json").exists()}
     assert before and len(before) < 3
 
-    # The dead driver's lease has not expired yet: a new driver is refused, naming the holder.
-    assert main(["sweep", "resume", storage, "--quiet"]) == 2
-    assert "in use by" in capsys.readouterr().err
-    StorePath(f"{storage}/.lock.json").unlink()  # what its expiry (60 s) would do
-
+    # The dead driver's lease has not expired yet, but its holder was a process of this host that is gone: the
+    # resume takes it over at once (a lease of a live holder is refused: test_launch_refusals_on_s3[lease]).
+    lease = json.loads(StorePath(f"{storage}/.lock.json").read_text())
+    assert lease["pid"] == driver.pid and lease["expires"] > time.time()
     assert main(["sweep", "resume", storage, "--quiet"]) == 0, capsys.readouterr()
     assert "3 of 3 trials finished" in capsys.readouterr().out
     for name, (row, attempt) in before.items():  # finished trials were not rerun
@@ -334,3 +334,19 @@ def test_wsd_sweep_on_s3_matches_the_same_sweep_on_a_local_directory(ray_local, 
     assert (a["loss"] == b["loss"]).all()  # bitwise on CPU
     trunk = next(StorePath(f"{storage}/runs").glob("*trunk*"))
     assert (trunk / "row.json").is_file()  # the trunk finished too (its done marker; no results row)
+
+
+def test_store_lease_of_a_live_process_here_is_refused_and_released_after(s3):
+    """The lease of a live driver on this host is refused like another host's; released by its holder on exit."""
+    import socket
+
+    from slmscale.locks import LockHeld, store_lease
+
+    lease = StorePath(f"{s3('lease')}/.lock.json")
+    with store_lease(lease, what="sweep storage x", settle=0.1):
+        held = json.loads(lease.read_text())
+        assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+        with pytest.raises(LockHeld, match=r"sweep storage x is in use by pid \d+ on"):
+            with store_lease(lease, what="sweep storage x", settle=0.1):
+                pass
+    assert not lease.exists()

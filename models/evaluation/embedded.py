@@ -298,6 +298,15 @@ def _write_wav(path: Path, text: str | list[str], voice: str, rate: int, sample_
     sf.write(path, np.clip(wav, -1.0, 1.0).astype(np.float32), sample_rate, subtype="PCM_16")
 
 
+def _write_gold(split: Path, rows: list[dict], fieldnames: list[str]) -> None:
+    """The split's ZeroSpeech 2021 gold.csv, columns in `fieldnames` order."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    (split / "gold.csv").write_text(buf.getvalue())
+
+
 def write_sblimp(out_dir: Path, pairs: list[dict], voices=EMBEDDED_VOICES, rate: int = EMBEDDED_RATE,
                  progress: bool = True) -> Path:
     """Speak every pair with every voice into `out_dir/syntactic/dev/` with a ZeroSpeech 2021 gold.csv."""
@@ -314,11 +323,7 @@ def write_sblimp(out_dir: Path, pairs: list[dict], voices=EMBEDDED_VOICES, rate:
             _write_wav(split / f"{filename}.wav", text, voice, rate)
             rows.append({"id": i, "filename": filename, "type": pair["phenomenon"], "subtype": pair["subtype"],
                          "correct": correct, "transcription": text, "voice": voice})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["id", "filename", "type", "subtype", "correct", "transcription", "voice"])
-    writer.writeheader()
-    writer.writerows(rows)
-    (split / "gold.csv").write_text(buf.getvalue())
+    _write_gold(split, rows, ["id", "filename", "type", "subtype", "correct", "transcription", "voice"])
     return split
 
 
@@ -340,11 +345,7 @@ def write_swuggy(out_dir: Path, pairs: list[dict], voices=EMBEDDED_VOICES, rate:
             rows.append({"id": i, "filename": filename, "voice": voice, "frequency": pair["frequency"],
                          "word": pair["word"] if correct else "", "phones": _plain(phones), "length": len(phones),
                          "correct": correct})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["id", "filename", "voice", "frequency", "word", "phones", "length", "correct"])
-    writer.writeheader()
-    writer.writerows(rows)
-    (split / "gold.csv").write_text(buf.getvalue())
+    _write_gold(split, rows, ["id", "filename", "voice", "frequency", "word", "phones", "length", "correct"])
     return split
 
 

@@ -9,11 +9,14 @@ Ray start-up (`ray.init`) is paid once per sweep and reported separately.
 
     .venv/bin/python benchmarks/bench_sweep.py --cadence [--model tiny-1M]
 
-What a trial costs beyond its updates: runs of 40, 400 and 2000 updates trained with the previous default
-cadences (validation every 2 % of the run, a checkpoint every 10 %) and with today's defaults, on a unit dataset
-whose validation split fills the default 262k validation tokens; prints the wall time split into updates,
-validation, checkpoints and the run's end (test loss, final model). Goal: validation + checkpoints <= 5 % of
-the wall time with the defaults; "16k-val" is the defaults with a 16k-token validation set (sweep/grids/tiny.yaml's).
+What a trial costs beyond its updates: runs of 40, 400 and 2000 updates trained with the first cadences
+("previous": validation every 2 % of the run on 262k tokens, a checkpoint every 10 % and at the end), with the
+next ones ("v2": ~10 validations within 2.5 % of the training compute but always 262k tokens, checkpoints as
+before) and with today's defaults (each validation sized to fit too; checkpoints at most one a minute, within
+2.5 % of the wall time, none at the end), on a unit dataset whose validation split fills the default 262k
+validation tokens; prints the wall time split into updates, validation, checkpoints and the run's end (test
+loss, final model), and the validation + checkpoint share of the session's wall time and of the whole `train()`
+call (set-up included). Goal: validation + checkpoints <= 5 % of a trial's wall time with the defaults.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=65536, help="training tokens per trial")
     ap.add_argument("--model", default="tiny-100K", help="ladder size")
     ap.add_argument("--cadence", action="store_true", help="measure evaluation/checkpoint overhead instead")
-    ap.add_argument("--cadences", default="previous,default,16k-val", help="--cadence: which cadences to run")
+    ap.add_argument("--cadences", default="previous,v2,default", help="--cadence: which cadences to run")
     ap.add_argument("--updates", default="40,400,2000", help="--cadence: run lengths in updates")
     args = ap.parse_args()
     if args.cadence:
@@ -95,13 +98,22 @@ def main() -> int:
 
 
 def cadence(model: str, cadences: list[str], lengths: list[int]) -> int:
+    from slmscale.models import checkpoint as ckpt_io
     from slmscale.models.config import make_plan
     from slmscale.models.synthetic_units import write_pattern_units
     from slmscale.models.train import TrainConfig, train
 
+    written = []
+    write = ckpt_io.write_checkpoint
+
+    def counted(run_dir, step, *args, **kwargs):
+        written.append(step)
+        return write(run_dir, step, *args, **kwargs)
+
+    ckpt_io.write_checkpoint = counted  # (the loop calls it through the module)
     print(f"bench_sweep --cadence: {model}, context 64, 512 tokens per update, 1 thread; seconds of one run")
     print(f"{'updates':>7} {'cadence':>8} {'evals':>5} {'ckpts':>5} {'wall':>7} {'updates':>7} {'valid.':>7} "
-          f"{'ckpts':>7} {'end':>6} {'val+ckpt':>8}")
+          f"{'ckpts':>7} {'end':>6} {'train()':>7} {'val+ckpt':>8} {'of train()':>10}")
     with tempfile.TemporaryDirectory(prefix="bench-cadence-") as tmp:
         tmp = Path(tmp)
         # 30 % of ~2.4M tokens held out for validation: the default 262k validation tokens are all used.
@@ -111,19 +123,27 @@ def cadence(model: str, cadences: list[str], lengths: list[int]) -> int:
                 base = dict(units_dir=str(units), model=model, tokens=512 * updates, context=64, tokens_per_update=512,
                             val_fraction=0.3, test_fraction=0.02, test_tokens=65536, threads=1, progress=False,
                             out_dir=str(tmp / f"{name}-{updates}"), data_cache=str(tmp / "cache"))
+                if name in ("previous", "v2"):  # every 10 % and at the end; v2's validation: the 262k-token rule
+                    base.update(checkpoint_every=max(1, updates // 10))
                 if name == "previous":
-                    base.update(eval_every=max(1, updates // 50), checkpoint_every=max(1, updates // 10))
-                if name == "16k-val":  # the default cadences with a validation set sized like sweep/grids/tiny.yaml's
-                    base.update(eval_tokens=16384)
+                    base.update(eval_every=max(1, updates // 50))
+                elif name == "v2":
+                    tokens = 512 * updates
+                    report = max(1, updates // 50)
+                    evaluations = max(1, min(10, int(0.025 * 3 * tokens / 262_144)))
+                    base.update(eval_every=report * max(1, updates // (evaluations * report)))
                 cfg = TrainConfig(**base)
                 plan = make_plan(cfg, 50)
+                written.clear()
+                t0 = time.perf_counter()
                 train(cfg)
+                whole = time.perf_counter() - t0
                 sec = json.loads((tmp / f"{name}-{updates}" / "final.json").read_text())["seconds"]
                 evals = len({*range(plan.eval_every, updates + 1, plan.eval_every), updates})
-                ckpts = len({*range(plan.checkpoint_every, updates + 1, plan.checkpoint_every), updates})
-                print(f"{updates:>7} {name:>8} {evals:>5} {ckpts:>5} {sec['wall']:>7.2f} {sec['updates']:>7.2f} "
-                      f"{sec['validation']:>7.2f} {sec['checkpoints']:>7.2f} {sec['final']:>6.2f} "
-                      f"{(sec['validation'] + sec['checkpoints']) / sec['wall']:>8.1%}", flush=True)
+                spent = sec["validation"] + sec["checkpoints"]
+                print(f"{updates:>7} {name:>8} {evals:>5} {len(written):>5} {sec['wall']:>7.2f} {sec['updates']:>7.2f} "
+                      f"{sec['validation']:>7.2f} {sec['checkpoints']:>7.2f} {sec['final']:>6.2f} {whole:>7.2f} "
+                      f"{spent / sec['wall']:>8.1%} {spent / whole:>10.1%}", flush=True)
     return 0
 
 

@@ -121,13 +121,15 @@ class TrainConfig(TypedConfig):
                                                                 "out for validation")
     test_fraction: float = Field(0.02, gt=0, lt=0.5, description="fraction of utterances (by utt_id hash) held "
                                                                  "out for the final test loss")
-    eval_tokens: int | None = _count(262_144, "validation tokens per evaluation; None: all")
+    eval_tokens: int | None = _count(262_144, "validation tokens per evaluation (at most: with the default "
+                                              "eval_every a run too short to afford them evaluates fewer); None: all")
     test_tokens: int | None = _count(4_194_304, "held-out tokens for the final test loss; None: all")
     report_every: int | None = _count(None, "updates between reports (metrics.jsonl); None: ~50 reports per run")
     eval_every: int | None = _count(None, "updates between validation losses (and the last update); None: ~10 "
                                           "per run, fewer when they would cost over 2.5% of the training compute")
-    checkpoint_every: int | None = _count(None, "updates between checkpoints (and the last update); "
-                                                "None: ~10 per run")
+    checkpoint_every: int | None = _count(None, "updates between checkpoints (and the last update); None: ~10 "
+                                                "per run but at most one a minute and within 2.5% of the wall "
+                                                "time, none at the last update (model/ holds its weights)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     workers: int = Field(1, ge=1, description="Ray Train workers; > 1 runs a TorchTrainer with DDP (or FSDP)")
     gpus_per_worker: float | None = Field(None, ge=0, description="GPUs per worker; None: 1 when this machine "
@@ -284,6 +286,7 @@ class RunPlan:
     warmup_steps: int
     report_every: int
     eval_every: int
+    eval_tokens: int | None  # validation tokens per evaluation (at most; None: the whole validation split)
     checkpoint_every: int
     schedule: str
     cooldown_start: int | None  # wsd: updates done when the cooldown starts (a branch's trunk checkpoint)
@@ -313,10 +316,17 @@ def cooldown_start(total_steps: int, fraction: float) -> int:
     return total_steps - max(1, round(fraction * total_steps))
 
 
+# The default cadence never shrinks an evaluation below this many sequences (a run too short to afford even that
+# spends more than 2.5 % of its compute on its one evaluation at the end).
+MIN_EVAL_SEQUENCES = 16
+
+
 def _default_eval_every(total: int, report: int, tokens: int, eval_tokens: int | None) -> int:
     """Updates between validation losses: ~10 per run, and no more than cost 2.5 % of the training compute (a
-    validation token is a forward pass, about a third of a training token's cost), on report steps. Every 2 %
-    of the run (the reports), as before, made validation most of a short run's wall time."""
+    validation token is a forward pass, about a third of a training token's cost; `tokens`: what this run trains
+    on itself), on report steps. Every 2 % of the run (the reports), as before, made validation most of a short
+    run's wall time. A run too short to afford one evaluation of `eval_tokens` (there is always one, at the end)
+    evaluates fewer tokens (make_plan; at least MIN_EVAL_SEQUENCES sequences)."""
     affordable = 10 if eval_tokens is None else int(0.025 * 3 * tokens / eval_tokens)
     evaluations = max(1, min(10, affordable))
     return report * max(1, total // (evaluations * report))
@@ -351,6 +361,10 @@ def make_plan(cfg: TrainConfig, n_units: int) -> RunPlan:
     if late:
         raise SlmscaleError(f"keep_steps: {late} are past the run's last update ({total}); expected steps <= {total}")
     report = cfg.report_every or max(1, total // 50)
+    own = total - (start if cfg.branch_from and start is not None else 0)  # updates this run trains (a branch: its cooldown)
+    eval_tokens = cfg.eval_tokens
+    if cfg.eval_every is None and eval_tokens is not None:  # the default cadence also sizes each evaluation
+        eval_tokens = min(eval_tokens, max(int(0.025 * 3 * own * tpu) // context, MIN_EVAL_SEQUENCES) * context)
     six_n, exact = flops_per_token(cfg.model, n_units, context)
     return RunPlan(
         model=cfg.model,
@@ -368,7 +382,8 @@ def make_plan(cfg: TrainConfig, n_units: int) -> RunPlan:
         tokens=total * tpu,
         warmup_steps=warmup,
         report_every=report,
-        eval_every=cfg.eval_every or _default_eval_every(total, report, total * tpu, cfg.eval_tokens),
+        eval_every=cfg.eval_every or _default_eval_every(total, report, own * tpu, eval_tokens),
+        eval_tokens=eval_tokens,
         checkpoint_every=cfg.checkpoint_every or max(1, total // 10),
         schedule=cfg.schedule,
         cooldown_start=start,

@@ -31,6 +31,12 @@ __all__ = ["WorkerContext", "WarmupCosine", "WarmupStableDecay", "lr_multiplier"
 
 ReportFn = Callable[[dict, "str | None"], None]
 
+# The default checkpoint cadence (see checkpoint_due) writes at most one checkpoint a minute, and they may take
+# at most this fraction of a session's wall time; validation is held to 2.5 % of the training compute
+# (config._default_eval_every): 5 % in all.
+CHECKPOINT_BUDGET = 0.025
+CHECKPOINT_MIN_INTERVAL_S = 60.0
+
 
 @dataclass
 class WorkerContext:
@@ -224,7 +230,7 @@ class _Worker:
         self.streams = cached_unit_streams(cfg.units_dir, cfg.data_cache_dir(), cfg.val_fraction, cfg.test_fraction,
                                            cfg.seed, meta_hash(cfg.units_dir))
         self.sampler = SequenceSampler(self.streams.train, plan.context, cfg.seed, cfg.unique_tokens)
-        self.val_ids, self.val_mask = eval_sequences(self.streams.val, plan.context, cfg.eval_tokens,
+        self.val_ids, self.val_mask = eval_sequences(self.streams.val, plan.context, plan.eval_tokens,
                                                      self.streams.pad_id)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every fresh start
@@ -259,6 +265,8 @@ class _Worker:
         self.seconds = {"validation": 0.0, "checkpoints": 0.0, "final": 0.0}
         if cfg.sync_to:  # an object-store run: seconds the loop waited for a background checkpoint upload (models/
             self.seconds["upload_wait"] = 0.0  # mirror.py), already inside "checkpoints" / "final"
+        self._last_checkpoint_s = 0.0  # what this session's last checkpoint took, and when it ended (0: none yet)
+        self._last_checkpoint_at = 0.0
         self._pusher = None  # the background uploader of an object-store run's checkpoints
         self._pending = None
 
@@ -385,6 +393,31 @@ class _Worker:
         elif self.ctx.report is not None:
             self.ctx.report(metrics, ckpt_path)
 
+    def checkpoint_due(self, step: int, is_last: bool, session: _Session) -> bool:
+        """Whether update `step` ends with a checkpoint. Always at `keep_steps` (a WSD trunk's branch points). A
+        cadence set in the config (`checkpoint_every`) is kept exactly, with a checkpoint at the last update too.
+        The default cadence (~10 per run) skips a checkpoint less than CHECKPOINT_MIN_INTERVAL_S after the
+        session's start or its last checkpoint, or one that would take the session's checkpoint time over
+        CHECKPOINT_BUDGET of its wall time so far (the next one is assumed to cost what the last one did), and
+        writes none at the last update, whose weights go to model/ with final.json. On a GPU run of hours every
+        tenth of the run gets its checkpoint; a CPU run of seconds, which a preemption costs seconds, writes none
+        (ten made up to half of its wall time). Ranks agree: rank 0's clock decides."""
+        if step in self.plan.keep_steps:
+            return True
+        if self.cfg.checkpoint_every is not None:
+            return step % self.plan.checkpoint_every == 0 or is_last
+        if step % self.plan.checkpoint_every or is_last:
+            return False
+        now = time.perf_counter()
+        due = (now - max(session.start, self._last_checkpoint_at) >= CHECKPOINT_MIN_INTERVAL_S
+               and self.seconds["checkpoints"] + self._last_checkpoint_s <= CHECKPOINT_BUDGET * (now - session.start))
+        if self.ctx.world_size > 1:
+            import torch
+
+            flag = torch.tensor(float(due and self.ctx.rank == 0), device=self.device)
+            due = bool(_all_reduce_sum(flag, self.ctx) > 0)
+        return due
+
     def save_checkpoint(self, step: int) -> str | None:
         """Gather the full state (every rank takes part); rank 0 writes checkpoints/step-N and prunes old ones.
         Returns the checkpoint's path on rank 0, None elsewhere."""
@@ -392,7 +425,9 @@ class _Worker:
         try:
             return self._save_checkpoint(step)
         finally:
-            self.seconds["checkpoints"] += time.perf_counter() - t0
+            self._last_checkpoint_at = time.perf_counter()
+            self._last_checkpoint_s = self._last_checkpoint_at - t0
+            self.seconds["checkpoints"] += self._last_checkpoint_s
 
     def _save_checkpoint(self, step: int) -> str | None:
         plan = self.plan
@@ -522,7 +557,8 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
 
     Every update is timed (the update-only throughput), and so is the whole session (the wall-clock one); a
     report after every `report_every` updates and at every checkpoint, a validation loss every `eval_every`
-    updates and at the end, a checkpoint every `checkpoint_every` updates, at each of `keep_steps` and at the end."""
+    updates and at the end, a checkpoint every `checkpoint_every` updates (`_Worker.checkpoint_due`: a default
+    cadence within a wall-time budget) and at each of `keep_steps`."""
     cfg, plan = TrainConfig(**cfg_dict), RunPlan(**plan_dict)
     worker = _Worker(cfg, plan, ctx)
     start_step = worker.resume()
@@ -535,8 +571,8 @@ def run_worker(cfg_dict: dict, plan_dict: dict, ctx: WorkerContext) -> dict | No
         t0 = time.perf_counter()
         lr = worker.update(step)
         is_last = step == plan.total_steps
-        is_ckpt = step % plan.checkpoint_every == 0 or is_last or step in plan.keep_steps
-        if not (step % plan.report_every == 0 or is_ckpt):
+        is_ckpt = worker.checkpoint_due(step, is_last, session)
+        if not (step % plan.report_every == 0 or is_ckpt or is_last):
             session.add_update(meter, time.perf_counter() - t0)
             if pbar:
                 pbar.update(1)

@@ -111,6 +111,25 @@ def kept_mask(loss, exclude_highest_loss: int) -> np.ndarray:
     return keep
 
 
+POINT_KEYS = ("n_params", "tokens", "unique_tokens", "seed", "schedule")
+
+
+def best_lr_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A table whose points were trained at several peak LRs (an `lr` column; a grid with `lrs`) -> each point's
+    lowest-loss row (the point at its tuned LR, as scaling laws and schedule comparisons are read; ties: the
+    earlier row), and the run_ids of the rows left out. A table with one LR per point comes back unchanged; rows
+    without a finite loss are kept for validation to name."""
+    if "lr" not in df.columns or df["lr"].nunique(dropna=True) < 2:
+        return df, []
+    point = df[[k for k in POINT_KEYS if k in df.columns]].astype(str).agg("|".join, axis=1).to_numpy()
+    loss = pd.to_numeric(df["loss"], errors="coerce").to_numpy(dtype=float)
+    best = pd.Series(loss).groupby(point, sort=False).idxmin().dropna().astype(int).to_numpy()
+    keep = ~np.isfinite(loss)
+    keep[best] = True
+    ids = df["run_id"].astype(str).to_numpy() if "run_id" in df.columns else np.array([f"row{i}" for i in range(len(df))])
+    return df[keep], ids[~keep].tolist()
+
+
 @dataclass
 class FitData:
     """The runs a fit sees, as float64 arrays (already validated and with excluded runs removed)."""
@@ -121,9 +140,11 @@ class FitData:
     loss: np.ndarray
     run_ids: list[str]
     excluded_run_ids: list[str] = field(default_factory=list)
+    other_lr_run_ids: list[str] = field(default_factory=list)  # a point's runs at LRs other than its best
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame, exclude_highest_loss: int = 0, source: str = "results") -> FitData:
+        df, other_lr = best_lr_rows(df)
         for col in ("n_params", "tokens", "loss"):
             if col not in df.columns:
                 raise SlmscaleError(f"{source}: missing column '{col}'")
@@ -140,7 +161,8 @@ class FitData:
         run_ids = [str(r) for r in df["run_id"]] if "run_id" in df.columns else [f"row{i}" for i in range(len(df))]
         keep = kept_mask(loss, exclude_highest_loss)
         excluded = [r for r, k in zip(run_ids, keep) if not k]
-        return cls(n[keep], d[keep], unique[keep], loss[keep], [r for r, k in zip(run_ids, keep) if k], excluded)
+        return cls(n[keep], d[keep], unique[keep], loss[keep], [r for r, k in zip(run_ids, keep) if k], excluded,
+                   other_lr)
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -235,6 +257,7 @@ class FitResult:
     n_converged: int
     iterations: int
     seconds: float
+    other_lr_run_ids: list[str] = field(default_factory=list)  # runs of a point at other than its best peak LR
 
     def to_dict(self) -> dict:
         out = self.params.to_dict()
@@ -244,6 +267,7 @@ class FitResult:
             objective=self.objective,
             n_runs=self.n_runs,
             excluded_run_ids=self.excluded_run_ids,
+            other_lr_run_ids=self.other_lr_run_ids,
             n_starts=self.n_starts,
             n_converged=self.n_converged,
             grid=self.config.grid,
@@ -324,4 +348,5 @@ def fit_scaling_law(df: pd.DataFrame, config: FitConfig = FitConfig(), source: s
         n_converged=int(result.converged.sum()),
         iterations=result.iterations,
         seconds=time.perf_counter() - start,
+        other_lr_run_ids=data.other_lr_run_ids,
     )

@@ -17,7 +17,15 @@ import numpy as np
 import pandas as pd
 
 from slmscale.analysis.bootstrap import bootstrap_fit, percentile_band, refit_with_weights
-from slmscale.analysis.fit import FitConfig, FitData, FitResult, check_enough_runs, fit_scaling_law, kept_mask
+from slmscale.analysis.fit import (
+    FitConfig,
+    FitData,
+    FitResult,
+    best_lr_rows,
+    check_enough_runs,
+    fit_scaling_law,
+    kept_mask,
+)
 from slmscale.analysis.grid import budget_groups, group_centres, size_groups
 from slmscale.analysis.params import ScalingParams
 from slmscale.errors import SlmscaleError
@@ -50,7 +58,9 @@ class HoldoutSpec:
 
 
 def used_runs(df: pd.DataFrame, config: FitConfig) -> pd.DataFrame:
-    """The rows a fit with `config` sees (the highest-loss exclusions removed), index reset."""
+    """The rows a fit with `config` sees (each point at its best LR, the highest-loss exclusions removed; as
+    FitData.from_frame), index reset."""
+    df = best_lr_rows(df)[0]
     keep = kept_mask(pd.to_numeric(df["loss"], errors="coerce").to_numpy(float), config.exclude_highest_loss)
     return df[keep].reset_index(drop=True)
 

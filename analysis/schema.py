@@ -51,6 +51,7 @@ PROVENANCE_COLUMNS = (
     "units_meta_hash",  # sha256 of the unit dataset's meta.json
     "model_config",  # JSON of the model config
     "seed",  # int
+    "lr",  # float: the peak learning rate (several per point when a grid sweeps `lrs`; fits take the best)
     "code_version",
     "flops_exact",  # float: 6N + attention term, per token, times tokens
     "tokens_per_s",  # float

@@ -146,6 +146,7 @@ def results_row(cfg: TrainConfig, plan: RunPlan, info: dict[str, Any], final: di
         "units_meta_hash": info["units_meta_hash"],
         "model_config": json.dumps(info["model_config"], sort_keys=True),
         "seed": int(cfg.seed),
+        "lr": float(cfg.lr),  # the peak LR (a grid with `lrs` trains each point at several)
         "code_version": info["code_version"],
         "flops_exact": float(plan.flops_per_token) * tokens,
         "schedule": cfg.schedule,

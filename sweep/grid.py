@@ -7,6 +7,8 @@
     d_over_n: [2, 8, 32]                   # exactly one of d_over_n / flops (isoFLOP budgets) / tokens
     unique_tokens: [null, 200k]            # optional caps on unique tokens (multi-epoch runs); null = single epoch
     seeds: [0]
+    lrs: [1e-3, 2e-3, 4e-3]                # optional: every point at each peak LR (else train.lr, the paper's 5e-4);
+                                           # fits take each point's best (schedules compare at tuned LRs)
     eval: [embedded:sblimp,                # benchmarks for models.evaluation.evaluate, run after training:
            {benchmark: /data/sblimp/syntactic/dev, units: /data/sblimp-units}]   # a folder, or a folder +
                                            # its already-encoded unit dataset (same tokenizer hash as the model)
@@ -290,6 +292,9 @@ class GridSpec(BaseModel):
         (None,), description="caps on distinct training tokens (multi-epoch runs); null = single epoch")
     seeds: Annotated[tuple[NonNegativeInt, ...], BeforeValidator(_as_list), AfterValidator(_distinct),
                      _non_empty("seed")] = Field((0,), description="training seeds")
+    lrs: Annotated[tuple[PositiveFloat, ...], BeforeValidator(_as_list), AfterValidator(_distinct)] = Field(
+        (), description="peak learning rates: every point is trained at each (run ids end in -lr<value>; with wsd "
+                        "one trunk per LR) and fits take each point's lowest loss; empty: train.lr (paper: 5e-4)")
     units: Annotated[str | None, BeforeValidator(_path)] = Field(
         None, description="unit dataset (relative to the YAML file); --units overrides it")
     n_units: PositiveInt = Field(500, description="K for parameter counts when the unit dataset is not at hand")
@@ -343,6 +348,16 @@ class GridSpec(BaseModel):
         if len(given) != 1:
             raise ValueError(f"give exactly one of the fields 'd_over_n', 'flops' (isoFLOP budgets) or 'tokens', got "
                              f"{given or 'none'}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_lr_source(self) -> GridSpec:
+        if self.lrs and "lr" in self.train:
+            raise ValueError("give the peak LR in 'lrs' (several) or in train.lr (one), not both")
+        min_lr = float(self.train.get("min_lr", 5e-5))
+        low = [lr for lr in self.lrs if lr < min_lr]
+        if low:
+            raise ValueError(f"'lrs' {low} are below the final LR train.min_lr = {min_lr:g}; expected peak LRs >= it")
         return self
 
     def resources_for(self, model: str) -> TrialResources:
@@ -425,6 +440,7 @@ class Trial:
     branch_tokens: int = 0  # ... and the tokens trained up to it, which the branch does not pay for again
     warmup_steps: int | None = None  # wsd: the trunk's warmup, shared by its branches; None: the run's own 1 %
     keep_steps: tuple[int, ...] = ()  # a trunk: its branch points (checkpoints never pruned)
+    lr: float | None = None  # the grid's `lrs` entry of this trial; None: train.lr
 
     @property
     def flops(self) -> float:
@@ -458,8 +474,8 @@ def format_count(x: float) -> str:
 
 
 def expand_grid(spec: GridSpec, param_count: Callable[[str], int]) -> list[Trial]:
-    """Every (model, token budget, unique-token cap, seed) combination as a Trial, sorted by compute; with
-    `schedule: wsd` these are branches, preceded by one trunk per (model, unique-token cap, seed) (`wsd_trials`).
+    """Every (model, token budget, unique-token cap, seed, peak LR) combination as a Trial, sorted by compute; with
+    `schedule: wsd` these are branches, preceded by one trunk per (model, unique-token cap, seed, LR) (`wsd_trials`).
 
     `param_count(model_name) -> N` comes from models.ladder. A unique-token cap at or above D is a
     single-epoch run and is dropped when the grid also has the uncapped run (it would duplicate it).
@@ -486,21 +502,27 @@ def _grid_points(spec: GridSpec, param_count: Callable[[str], int]) -> list[Tria
             for cap in spec.unique_tokens:
                 unique = None if cap is None or cap >= tokens else int(cap)
                 for seed in spec.seeds:
-                    key = (model, tokens, unique, seed)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    run_id = f"{model}-D{format_count(tokens)}" + (f"-U{format_count(unique)}" if unique else "") + f"-s{seed}"
-                    trials.append(Trial(run_id, model, n, tokens, unique, int(seed), budget))
+                    for lr in spec.lrs or (None,):
+                        key = (model, tokens, unique, seed, lr)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        run_id = (f"{model}-D{format_count(tokens)}" + (f"-U{format_count(unique)}" if unique else "")
+                                  + f"-s{seed}" + _lr_suffix(lr))
+                        trials.append(Trial(run_id, model, n, tokens, unique, int(seed), budget, lr=lr))
     ids = [t.run_id for t in trials]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:  # two budgets rounding to the same 3-significant-digit label: make ids exact
         trials = [
-            Trial(f"{t.model}-D{t.tokens}" + (f"-U{t.unique_tokens}" if t.unique_tokens else "") + f"-s{t.seed}",
-                  t.model, t.n_params, t.tokens, t.unique_tokens, t.seed, t.budget)
+            Trial(f"{t.model}-D{t.tokens}" + (f"-U{t.unique_tokens}" if t.unique_tokens else "") + f"-s{t.seed}"
+                  + _lr_suffix(t.lr), t.model, t.n_params, t.tokens, t.unique_tokens, t.seed, t.budget, lr=t.lr)
             for t in trials
         ]
-    return sorted(trials, key=lambda t: (t.flops, t.model, t.tokens, t.unique_tokens or 0, t.seed))
+    return sorted(trials, key=lambda t: (t.flops, t.model, t.tokens, t.unique_tokens or 0, t.seed, t.lr or 0.0))
+
+
+def _lr_suffix(lr: float | None) -> str:
+    return "" if lr is None else f"-lr{lr:g}"
 
 
 def _train_int(spec: GridSpec, name: str) -> int | None:
@@ -509,7 +531,7 @@ def _train_int(spec: GridSpec, name: str) -> int | None:
 
 
 def wsd_trials(spec: GridSpec, points: list[Trial]) -> list[Trial]:
-    """The WSD sweep of `points`: per (model, unique-token cap, seed) one constant-LR trunk up to the latest
+    """The WSD sweep of `points`: per (model, unique-token cap, seed, peak LR) one constant-LR trunk up to the latest
     branch point, checkpointed at every branch point, then each point as a branch that cools down over its last
     `cooldown.fraction` of updates from the trunk's checkpoint where that cooldown starts. All share the trunk's
     warmup: the grid's train.warmup_steps, else 1 % of the longest point's updates. Trunks come first, longest
@@ -518,15 +540,15 @@ def wsd_trials(spec: GridSpec, points: list[Trial]) -> list[Trial]:
 
     groups: dict[tuple, list[Trial]] = {}
     for t in points:
-        groups.setdefault((t.model, t.unique_tokens, t.seed), []).append(t)
+        groups.setdefault((t.model, t.unique_tokens, t.seed, t.lr), []).append(t)
     trunks, branches = [], []
-    for (model, unique, seed), group in groups.items():
+    for (model, unique, seed, lr), group in groups.items():
         _, tpu = update_size(model, _train_int(spec, "context"), _train_int(spec, "tokens_per_update"))
         updates = {t.run_id: t.tokens // tpu for t in group}
         starts = {run_id: cooldown_start(n, spec.cooldown.fraction) for run_id, n in updates.items()}
         warmup = _train_int(spec, "warmup_steps")
         warmup = max(1, round(0.01 * max(updates.values()))) if warmup is None else warmup
-        trunk_id = f"{model}-trunk" + (f"-U{format_count(unique)}" if unique else "") + f"-s{seed}"
+        trunk_id = f"{model}-trunk" + (f"-U{format_count(unique)}" if unique else "") + f"-s{seed}" + _lr_suffix(lr)
         for t in group:
             if updates[t.run_id] < 2 or starts[t.run_id] < warmup:
                 raise SlmscaleError(
@@ -536,8 +558,8 @@ def wsd_trials(spec: GridSpec, points: list[Trial]) -> list[Trial]:
                 )
             branches.append(Trial(t.run_id, model, t.n_params, t.tokens, unique, seed, t.budget, schedule="wsd",
                                   trunk=trunk_id, branch_step=starts[t.run_id], branch_tokens=starts[t.run_id] * tpu,
-                                  warmup_steps=warmup))
+                                  warmup_steps=warmup, lr=lr))
         keep = tuple(sorted(set(starts.values())))
         trunks.append(Trial(trunk_id, model, group[0].n_params, keep[-1] * tpu, unique, seed, "trunk",
-                            schedule="constant", warmup_steps=warmup, keep_steps=keep))
+                            schedule="constant", warmup_steps=warmup, keep_steps=keep, lr=lr))
     return sorted(trunks, key=lambda t: -t.flops) + branches

@@ -58,6 +58,8 @@ def train_config_for(trial: dict[str, Any], settings: dict[str, Any], run_dir: s
         # CPU training in the trainable: use exactly the CPUs Tune reserved, so concurrent trials don't fight.
         fields["threads"] = max(1, int(res["cpus_per_worker"]))
     fields.update(settings.get("train") or {})
+    if trial.get("lr") is not None:  # the grid's `lrs` axis
+        fields["lr"] = float(trial["lr"])
     schedule = trial.get("schedule", "cosine")
     if schedule != "cosine":
         fields.update(schedule=schedule, warmup_steps=int(trial["warmup_steps"]),

@@ -101,6 +101,23 @@ def test_recovers_known_parameters_from_noisy_synthetic_runs():
     assert fit.params.loss(5e9, 2e11) == pytest.approx(TRUE.loss(5e9, 2e11), rel=0.01)
 
 
+def test_points_at_several_lrs_are_fitted_at_their_best_lr():
+    """A table from a grid with `lrs`: every point at its tuned LR plus two worse LRs (+3 %, +8 % loss, in shuffled
+    order); the fit sees each point's best row only, gives the fit of the tuned table, and names the rest."""
+    tuned = synthetic_results(TRUE, sizes=(1e7, 3e7, 1e8, 3e8, 1e9, 3e9), noise=0.005, seed=1)
+    tuned = tuned.assign(lr=2e-3, seed=0, run_id=tuned["run_id"] + "-lr0.002")
+    worse = [tuned.assign(lr=lr, loss=tuned["loss"] * f, run_id=tuned["run_id"].str.replace("0.002", str(lr)))
+             for lr, f in ((1e-3, 1.08), (4e-3, 1.03))]
+    table = pd.concat([worse[0], tuned, worse[1]]).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    data = FitData.from_frame(table)
+    assert sorted(data.run_ids) == sorted(tuned["run_id"]) and len(data.other_lr_run_ids) == 2 * len(tuned)
+    fit, reference = fit_scaling_law(table, FitConfig(grid="coarse")), fit_scaling_law(tuned, FitConfig(grid="coarse"))
+    assert fit.params.alpha == pytest.approx(reference.params.alpha, abs=1e-6)
+    assert fit.params.beta == pytest.approx(reference.params.beta, abs=1e-6)
+    assert sorted(fit.to_dict()["other_lr_run_ids"]) == sorted(data.other_lr_run_ids)
+    assert FitData.from_frame(tuned).other_lr_run_ids == []  # one LR per point: nothing is left out
+
+
 def test_data_constrained_fit_recovers_r_d_star():
     true = ScalingParams(1.8, 480.0, 2100.0, 0.35, 0.37, R_N_star=5.0, R_D_star=15.0)
     df = synthetic_results(true, sizes=(1e7, 1e8, 1e9), ratios=(5, 20, 100), epochs=(1, 2, 4, 8, 16, 32, 64),

@@ -33,6 +33,30 @@ def test_expand_d_over_n_counts_and_compute():
     assert [t.flops for t in plan.trials] == sorted(t.flops for t in plan.trials)
 
 
+def test_lrs_train_every_point_at_each_peak_lr(tmp_path):
+    """`lrs`: each point once per LR (ids end in -lr<value>), with WSD one trunk per LR whose branches carry its LR;
+    the trial's TrainConfig gets it; refused beside train.lr or below train.min_lr."""
+    from slmscale.sweep.trainable import train_config_for
+
+    cosine = make_plan(spec(lrs=[1e-3, 4e-3]))
+    assert len(cosine.trials) == 2 * 2 * 2 * 2 and {t.lr for t in cosine.trials} == {1e-3, 4e-3}
+    assert {t.run_id for t in cosine.trials} >= {"tiny-100K-D278k-s0-lr0.001", "tiny-100K-D278k-s0-lr0.004"}
+    wsd = make_plan(spec(lrs=[1e-3, 4e-3], schedule="wsd", seeds=[0], d_over_n=[20, 40]))
+    trunks = {t.run_id: t for t in wsd.trials if not t.is_point}
+    assert sorted(trunks) == ["tiny-100K-trunk-s0-lr0.001", "tiny-100K-trunk-s0-lr0.004",
+                              "tiny-1M-trunk-s0-lr0.001", "tiny-1M-trunk-s0-lr0.004"]
+    assert all(trunks[p.trunk].lr == p.lr and p.run_id.endswith(f"-lr{p.lr:g}") for p in wsd.points)
+    settings = {"units": str(tmp_path), "resources": {m: {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
+                                                      for m in BASE["models"]}, "train": {"min_lr": 1e-5}}
+    point = next(t for t in cosine.trials if t.lr == 4e-3)
+    assert train_config_for(point.to_dict(), settings, tmp_path / "r").lr == 4e-3
+    assert make_plan(spec()).trials[0].lr is None and "-lr" not in make_plan(spec()).trials[0].run_id
+    with pytest.raises(SlmscaleError, match="not both"):
+        spec(lrs=[1e-3], train={"lr": 2e-3})
+    with pytest.raises(SlmscaleError, match="below the final LR"):
+        spec(lrs=[1e-5, 1e-3])
+
+
 def test_isoflop_budgets_give_d_equal_c_over_6n():
     plan = make_plan(spec(d_over_n=..., flops=["1e12", 3e12]))
     for t in plan.trials:

@@ -127,6 +127,29 @@ def test_trunk_killed_before_its_last_branch_started_resumes_and_the_branch_matc
     assert row["loss"] == standalone["loss"] and row["val_loss"] == standalone["val_loss"]  # bitwise on CPU
 
 
+def test_wsd_sweep_over_peak_lrs_gives_every_lr_its_trunk_and_fits_the_best(ray_local, units, tmp_path):
+    """A grid with `lrs`: one trunk per LR, every point once per LR through Tune, each run trained at its LR
+    (config.json), the results rows carry it, and the fit's selection keeps each point's lowest loss."""
+    from slmscale.analysis.fit import best_lr_rows
+    from slmscale.sweep.grid import load_grid
+    from slmscale.sweep.launch import launch
+    from slmscale.sweep.results import sweep_results
+
+    grid = load_grid(write_grid(tmp_path / "g.yaml", tokens=[2048, 4096], lrs=[1e-3, 4e-3]))
+    summary = launch(grid, tmp_path / "sweep", units=str(units), verbose=0)
+    assert summary["finished"] == summary["trials"] == 6 and not summary["errored"]
+    df = sweep_results(tmp_path / "sweep")
+    assert len(df) == 4 and sorted(df["lr"]) == [1e-3, 1e-3, 4e-3, 4e-3]
+    for row in df.itertuples():
+        assert row.run_id.endswith(f"-lr{row.lr:g}") and row.trunk == f"tiny-100K-trunk-s0-lr{row.lr:g}"
+        assert json.loads((_run_dir(tmp_path / "sweep", row.run_id) / "config.json").read_text())["lr"] == row.lr
+        trunk_cfg = json.loads((_run_dir(tmp_path / "sweep", row.trunk) / "config.json").read_text())
+        assert trunk_cfg["lr"] == row.lr and trunk_cfg["schedule"] == "constant"
+    best, other = best_lr_rows(df)
+    assert len(best) == 2 and len(other) == 2
+    assert sorted(best["loss"]) == sorted(df.groupby("tokens")["loss"].min())
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_killed_driver_then_resume_finishes_every_wsd_point_once(ray_local, units, tmp_path, capsys):

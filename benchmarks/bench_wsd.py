@@ -10,9 +10,11 @@ tokenizer (K = 100) on Ray Data, built once into --work (default: a temporary fo
 `--units DIR` trains on a unit dataset of your own, `--data pattern` on the synthetic repeated-pattern units of
 the tests (whose loss falls towards 0, so relative differences there are inflated).
 
-Every run is the sweep's own trial config (sweep.grid.expand_grid + sweep.trainable.train_config_for), trained
-in this process one after another (trunks first, then their branches), so within one LR the only difference
-between the two columns is the schedule: both grids set the same warmup (`--warmup`; the paper gives none). The comparison that counts is each schedule at its own tuned peak LR
+Every run is the sweep's own trial config (sweep.grid.expand_grid + sweep.trainable.train_config_for) of a grid
+that sweeps the LRs itself (`lrs`: with wsd one trunk per LR), trained in this process one after another (trunks
+first, then their branches), so within one LR the only difference between the two columns is the schedule: both
+grids set the same warmup (`--warmup`; the paper gives none). The tuned rows and the fits are what `slmscale fit`
+reads from such a table: each point's lowest-loss LR (analysis.fit.best_lr_rows). The comparison that counts is each schedule at its own tuned peak LR
 (per point, the best of the LR grid), as Hägele et al. (2024) compare them: the goal is mean |Δloss| / loss
 <= 1 % there, and each exponent (α, β) of one fit inside the other's bootstrap interval. The per-LR tables show
 what a shared, untuned LR does. It also prints each run's wall-clock overhead (evaluations + checkpoints)
@@ -32,9 +34,10 @@ MODELS = ["tiny-100K", "tiny-300K", "tiny-1M"]
 TRAIN = {"context": 64, "tokens_per_update": 512}  # 512 tokens per update: the smallest budget is 100 updates
 
 
-def train_grid(schedule: str, args, units: Path, root: Path, lr: float):
-    """Train every trial of the grid with `schedule` at peak LR `lr`; returns (results rows of the points, FLOPs
-    spent, rows of every run incl. trunks for the overhead table)."""
+def train_grid(schedule: str, args, units: Path, root: Path):
+    """Train every trial of the grid with `schedule` at each peak LR of `args.lrs` (the grid's `lrs` axis: with
+    wsd one trunk per LR); returns (results rows of the points, with `lr` and `point` = the run id without its
+    -lr suffix; FLOPs spent; rows of every run incl. trunks for the overhead table)."""
     import pandas as pd
 
     from slmscale.models.train import train
@@ -46,9 +49,9 @@ def train_grid(schedule: str, args, units: Path, root: Path, lr: float):
 
     spec = grid_from_dict({
         "name": f"bench-{schedule}", "models": args.models, "tokens": args.tokens, "seeds": [0], "units": str(units),
-        "schedule": schedule, "train": {**TRAIN, **args.warmup_steps, "lr": lr, "threads": args.threads},
+        "schedule": schedule, "lrs": args.lrs, "train": {**TRAIN, **args.warmup_steps, "threads": args.threads},
     }, source="bench_wsd")
-    storage = SweepStorage(root / f"{schedule}-lr{lr:g}")
+    storage = SweepStorage(root / schedule)
     plan = make_plan(spec, str(units))
     settings = trial_settings(spec, storage)
     rows, runs = [], []
@@ -57,13 +60,12 @@ def train_grid(schedule: str, args, units: Path, root: Path, lr: float):
         trunk = storage.run_dir(trial.trunk).path if trial.trunk else None
         cfg = train_config_for(trial.to_dict(), settings, storage.run_dir(trial.run_id).path, trunk_dir=trunk)
         row = train(cfg)
-        runs.append({"run_id": trial.run_id, "schedule": trial.schedule, "seconds": time.perf_counter() - t0,
+        runs.append({"run_id": trial.run_id, "lr": trial.lr, "seconds": time.perf_counter() - t0,
                      "run_dir": storage.run_dir(trial.run_id).path})
         if trial.is_point:
-            rows.append({**row, "run_id": trial.run_id, "lr": lr})
-        print(f"  {schedule:6} lr {lr:<7g} {trial.run_id:<24} loss {row['loss']:.4f}  {runs[-1]['seconds']:.1f} s",
-              flush=True)
-    return pd.DataFrame(rows).set_index("run_id"), plan.total_flops, runs
+            rows.append({**row, "run_id": trial.run_id, "point": trial.run_id.removesuffix(f"-lr{trial.lr:g}")})
+        print(f"  {schedule:6} {trial.run_id:<30} loss {row['loss']:.4f}  {runs[-1]['seconds']:.1f} s", flush=True)
+    return pd.DataFrame(rows), plan.total_flops, runs
 
 
 def speech_units(work: Path, stories: int) -> Path:
@@ -87,12 +89,13 @@ def speech_units(work: Path, stories: int) -> Path:
 
 
 def fit_table(df, n_boot: int, budget: float) -> dict:
+    """The fit of a whole results table (every LR): the fitter takes each point's best LR itself (best_lr_rows)."""
     from slmscale.analysis.bootstrap import bootstrap_fit
     from slmscale.analysis.fit import FitConfig, fit_scaling_law
     from slmscale.analysis.optimal import closed_form_optimal
 
-    fit = fit_scaling_law(df.reset_index(), FitConfig(grid="coarse"), source="bench")
-    boot = bootstrap_fit(df.reset_index(), fit, n_boot=n_boot, seed=0)
+    fit = fit_scaling_law(df, FitConfig(grid="coarse"), source="bench")
+    boot = bootstrap_fit(df, fit, n_boot=n_boot, seed=0)
     n_opt, d_opt = closed_form_optimal([budget], fit.params)
     return {"params": fit.params, "ci": boot.ci(), "N_opt": float(n_opt[0]), "D_opt": float(d_opt[0]),
             "opt_ci": boot.optimal_ci(budget)}
@@ -123,14 +126,6 @@ def compare(cosine, wsd, title: str) -> float:
     rel = np.array(rel)
     print(f"mean |Δloss|/loss {np.abs(rel).mean():.2%} (max {np.abs(rel).max():.2%}, mean signed {rel.mean():+.2%})")
     return float(np.abs(rel).mean())
-
-
-def tuned(frames: list) -> object:
-    """Per point, the row of the LR with the lowest loss (each schedule at its own tuned peak LR)."""
-    import pandas as pd
-
-    every = pd.concat(frames).reset_index()
-    return every.loc[every.groupby("run_id")["loss"].idxmin()].set_index("run_id").loc[frames[0].index]
 
 
 def main() -> int:
@@ -168,19 +163,21 @@ def main() -> int:
             units = speech_units(work, args.stories)
         longest = max(args.tokens) // TRAIN["tokens_per_update"]
         args.warmup_steps = {"warmup_steps": max(1, round(0.01 * longest))} if args.warmup == "shared" else {}
-        results = {"cosine": [], "wsd": []}
-        spent, seconds, runs = {}, {"cosine": 0.0, "wsd": 0.0}, {"cosine": [], "wsd": []}
-        for lr in lrs:
-            for schedule in results:
-                t0 = time.perf_counter()
-                df, spent[schedule], r = train_grid(schedule, args, units, work / "runs", lr)
-                seconds[schedule] += time.perf_counter() - t0
-                results[schedule].append(df)
-                runs[schedule] = runs[schedule] or r  # the overhead table: the first LR's runs
+        args.lrs = lrs
+        results, spent, seconds, runs = {}, {}, {}, {}
+        for schedule in ("cosine", "wsd"):
+            t0 = time.perf_counter()
+            results[schedule], spent[schedule], runs[schedule] = train_grid(schedule, args, units, work / "runs")
+            seconds[schedule] = time.perf_counter() - t0
 
-        fixed = {lr: compare(c, w, f"peak LR {lr:g} for both schedules")
-                 for lr, c, w in zip(lrs, results["cosine"], results["wsd"])}
-        cosine, wsd = tuned(results["cosine"]), tuned(results["wsd"])
+        from slmscale.analysis.fit import best_lr_rows
+
+        def at(df, lr=None):  # one LR's rows, or (None) each point's best, indexed by point
+            return (best_lr_rows(df)[0] if lr is None else df[df["lr"] == lr]).set_index("point")
+
+        fixed = {lr: compare(at(results["cosine"], lr), at(results["wsd"], lr), f"peak LR {lr:g} for both schedules")
+                 for lr in lrs}
+        cosine, wsd = at(results["cosine"]), at(results["wsd"])
         headline = compare(cosine, wsd, f"each schedule at its tuned peak LR (per point, best of {lrs})")
         edge = [f"{s} {rid} ({df.loc[rid, 'lr']:g})" for s, df in (("cosine", cosine), ("wsd", wsd))
                 for rid in df.index if df.loc[rid, "lr"] in (min(lrs), max(lrs))]
@@ -188,12 +185,13 @@ def main() -> int:
             print(f"  (at the edge of the LR grid, so possibly not its optimum: {', '.join(edge)})")
         print("\nmean |Δloss|/loss: " + ", ".join(f"LR {lr:g} {v:.2%}" for lr, v in fixed.items())
               + f"; tuned {headline:.2%}  goal <= 1 % (tuned)")
-        print(f"compute spent per LR: cosine {spent['cosine']:.3g} FLOPs, wsd {spent['wsd']:.3g} FLOPs: "
-              f"{spent['cosine'] / spent['wsd']:.2f}x less for WSD (wall: cosine {seconds['cosine']:.0f} s, "
+        per_lr = {k: v / len(lrs) for k, v in spent.items()}
+        print(f"compute spent per LR: cosine {per_lr['cosine']:.3g} FLOPs, wsd {per_lr['wsd']:.3g} FLOPs: "
+              f"{per_lr['cosine'] / per_lr['wsd']:.2f}x less for WSD (wall: cosine {seconds['cosine']:.0f} s, "
               f"wsd {seconds['wsd']:.0f} s over {len(lrs)} LRs)")
 
         budget = float(cosine["flops"].max())
-        fits = {"cosine": fit_table(cosine, n_boot, budget), "wsd": fit_table(wsd, n_boot, budget)}
+        fits = {k: fit_table(results[k], n_boot, budget) for k in ("cosine", "wsd")}
         print(f"\nfits at the tuned LRs (Chinchilla form, {n_boot} bootstrap resamples, 95 % intervals; "
               f"optimum at C = {budget:.3g}):")
         print(f"{'':10} {'cosine':>30} {'wsd':>30}")
@@ -213,7 +211,7 @@ def main() -> int:
         import numpy as np
 
         print(f"\nwall-clock overhead (validation + checkpoints) per run, default cadences (LR {lrs[0]:g}):")
-        table = overhead(runs["cosine"] + runs["wsd"])
+        table = overhead([r for r in runs["cosine"] + runs["wsd"] if r["lr"] == lrs[0]])
         for run_id, wall, frac in table:
             print(f"  {run_id:<24} wall {wall:6.2f} s  overhead {frac:6.2%}")
         fracs = np.array([f for _, _, f in table])

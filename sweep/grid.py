@@ -354,7 +354,9 @@ class GridSpec(BaseModel):
     def _one_lr_source(self) -> GridSpec:
         if self.lrs and "lr" in self.train:
             raise ValueError("give the peak LR in 'lrs' (several) or in train.lr (one), not both")
-        min_lr = float(self.train.get("min_lr", 5e-5))
+        from slmscale.models.config import TrainConfig
+
+        min_lr = float(self.train.get("min_lr", TrainConfig.model_fields["min_lr"].default))
         low = [lr for lr in self.lrs if lr < min_lr]
         if low:
             raise ValueError(f"'lrs' {low} are below the final LR train.min_lr = {min_lr:g}; expected peak LRs >= it")

@@ -107,12 +107,18 @@ class Plan:
         ]
         gpus = {t.run_id: spec.resources_for(t.model).total_gpus for t in self.trials}
         if all(g > 0 for g in gpus.values()):
-            # Wall clock if the cluster runs every trial at once (or max_concurrent at a time, roughly).
-            longest_h = max(self.gpu_hours(t.spent_flops) / gpus[t.run_id] for t in self.trials)
+            # Wall clock if the cluster runs every trial at once (or max_concurrent at a time, roughly). A WSD
+            # branch starts only once its trunk has trained up to the branch point: its chain is that much longer.
+            def chain_h(t) -> float:
+                own = self.gpu_hours(t.spent_flops) / gpus[t.run_id]
+                return own + (self.gpu_hours(6.0 * t.n_params * t.branch_tokens) / gpus[t.trunk] if t.trunk else 0.0)
+
+            longest_h = max(chain_h(t) for t in self.trials)
             peak_gpus = sum(sorted(gpus.values(), reverse=True)[: spec.max_concurrent or len(self.trials)])
             bound = max(total_h / peak_gpus, longest_h)
             lines.append(
-                f"wall-clock lower bound on {peak_gpus:g} GPUs: {bound:.3g} h (longest trial {longest_h:.3g} h)"
+                f"wall-clock lower bound on {peak_gpus:g} GPUs: {bound:.3g} h (longest chain {longest_h:.3g} h"
+                + (": a branch waits for its trunk to reach its branch point)" if spec.schedule == "wsd" else ")")
             )
         return "\n".join(lines)
 

@@ -60,6 +60,19 @@ def test_paper_grid_with_wsd_spends_at_least_1_8x_less_for_the_same_40_points(ca
     assert wsd["total_flops"] == pytest.approx(sum(r["spent_flops"] for r in rows))
 
 
+def test_wall_clock_bound_counts_the_trunk_a_branch_waits_for(capsys):
+    """`sweep plan`'s wall-clock lower bound: a branch cannot finish before its trunk has trained up to its branch
+    point and it has cooled down, so the WSD paper grid's longest chain is the cosine grid's longest run (the
+    largest D of the largest size, trained in sequence either way), not the longest trunk alone."""
+    import re
+
+    def longest(grid: str) -> float:
+        assert main(["sweep", "plan", str(GRIDS / grid)]) == 0
+        return float(re.search(r"longest chain ([0-9.e+]+) h", capsys.readouterr().out).group(1))
+
+    assert longest("paper-wsd.yaml") == pytest.approx(longest("paper.yaml"), rel=0.01)
+
+
 def test_trunk_checkpoints_every_branch_point_with_one_shared_warmup(units, tmp_path):
     from slmscale.models.config import make_plan as train_plan
     from slmscale.sweep.grid import load_grid

@@ -401,7 +401,7 @@ class _Worker:
         CHECKPOINT_BUDGET of its wall time so far (the next one is assumed to cost what the last one did), and
         writes none at the last update, whose weights go to model/ with final.json. On a GPU run of hours every
         tenth of the run gets its checkpoint; a CPU run of seconds, which a preemption costs seconds, writes none
-        (ten made up to half of its wall time). Ranks agree: rank 0's clock decides."""
+        (ten took 12-50 % of such runs' wall time). Ranks agree: rank 0's clock decides."""
         if step in self.plan.keep_steps:
             return True
         if self.cfg.checkpoint_every is not None:

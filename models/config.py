@@ -316,6 +316,9 @@ def cooldown_start(total_steps: int, fraction: float) -> int:
     return total_steps - max(1, round(fraction * total_steps))
 
 
+# The default cadence's validation may cost at most 2.5 % of what a run trains on itself; a validation token is
+# a forward pass, ~1/3 of a training token, so each trained token affords this many validation tokens.
+EVAL_TOKENS_PER_TRAINED_TOKEN = 0.025 * 3
 # The default cadence never shrinks an evaluation below this many sequences (a run too short to afford even that
 # spends more than 2.5 % of its compute on its one evaluation at the end).
 MIN_EVAL_SEQUENCES = 16
@@ -327,7 +330,7 @@ def _default_eval_every(total: int, report: int, tokens: int, eval_tokens: int |
     on itself), on report steps. Every 2 % of the run (the reports), as before, made validation most of a short
     run's wall time. A run too short to afford one evaluation of `eval_tokens` (there is always one, at the end)
     evaluates fewer tokens (make_plan; at least MIN_EVAL_SEQUENCES sequences)."""
-    affordable = 10 if eval_tokens is None else int(0.025 * 3 * tokens / eval_tokens)
+    affordable = 10 if eval_tokens is None else int(EVAL_TOKENS_PER_TRAINED_TOKEN * tokens / eval_tokens)
     evaluations = max(1, min(10, affordable))
     return report * max(1, total // (evaluations * report))
 
@@ -364,7 +367,7 @@ def make_plan(cfg: TrainConfig, n_units: int) -> RunPlan:
     own = total - (start if cfg.branch_from and start is not None else 0)  # updates this run trains (a branch: its cooldown)
     eval_tokens = cfg.eval_tokens
     if cfg.eval_every is None and eval_tokens is not None:  # the default cadence also sizes each evaluation
-        eval_tokens = min(eval_tokens, max(int(0.025 * 3 * own * tpu) // context, MIN_EVAL_SEQUENCES) * context)
+        eval_tokens = min(eval_tokens, max(int(EVAL_TOKENS_PER_TRAINED_TOKEN * own * tpu) // context, MIN_EVAL_SEQUENCES) * context)
     six_n, exact = flops_per_token(cfg.model, n_units, context)
     return RunPlan(
         model=cfg.model,

@@ -33,7 +33,7 @@ ReportFn = Callable[[dict, "str | None"], None]
 
 # The default checkpoint cadence (see checkpoint_due) writes at most one checkpoint a minute, and they may take
 # at most this fraction of a session's wall time; validation is held to 2.5 % of the training compute
-# (config._default_eval_every): 5 % in all.
+# (config.EVAL_TOKENS_PER_TRAINED_TOKEN): 5 % in all.
 CHECKPOINT_BUDGET = 0.025
 CHECKPOINT_MIN_INTERVAL_S = 60.0
 

@@ -111,7 +111,7 @@ class Plan:
             # branch starts only once its trunk has trained up to the branch point: its chain is that much longer.
             def chain_h(t) -> float:
                 own = self.gpu_hours(t.spent_flops) / gpus[t.run_id]
-                return own + (self.gpu_hours(6.0 * t.n_params * t.branch_tokens) / gpus[t.trunk] if t.trunk else 0.0)
+                return own + (self.gpu_hours(t.flops - t.spent_flops) / gpus[t.trunk] if t.trunk else 0.0)
 
             longest_h = max(chain_h(t) for t in self.trials)
             peak_gpus = sum(sorted(gpus.values(), reverse=True)[: spec.max_concurrent or len(self.trials)])
